@@ -1,0 +1,125 @@
+"""The click event (schema version 1) and its Kafka record form.
+
+Every request to the redirect endpoint produces exactly one event, whatever
+its verdict.  Only ``valid`` clicks are billable evidence; the others are
+kept for fraud analysis and dashboards.
+
+Kafka record: topic ``CLICKS_TOPIC``, key = ``buyer_key`` as UTF-8 (no key
+when the buyer is unknown), value = the JSON object below, timestamp = ``ts``.
+
+``click_id`` identifies a click end to end: a consumer that sees the same id
+twice (a replay after a failover) keeps one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+SCHEMA_VERSION = 1
+MAX_USER_AGENT = 512
+MAX_REFERER = 1024
+MAX_RAW_QUERY = 512
+
+
+class Verdict(StrEnum):
+    VALID = "valid"
+    EXPIRED = "expired"
+    BOT = "bot"
+    DUPLICATE = "duplicate"
+    RATE_LIMITED = "rate_limited"
+    BAD_SIGNATURE = "bad_signature"
+    UNKNOWN_KEY = "unknown_key"
+    TARGET_NOT_ALLOWED = "target_not_allowed"
+    MALFORMED = "malformed"
+
+
+class SchemaError(ValueError):
+    """A click record that does not follow the schema; the message says what is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClickEvent:
+    click_id: str
+    ts: int
+    verdict: Verdict
+    reason: str
+    buyer_key: str
+    ip: str
+    user_agent: str
+    referer: str
+    promoter_id: str | None = None
+    channel_id: str | None = None
+    position_id: str | None = None
+    shop_id: str | None = None
+    product_id: str | None = None
+    sub_ids: tuple[str, ...] = ()
+    target: str | None = None
+    link_sig: str | None = None
+    link_kid: str | None = None
+    link_exp: int | None = None
+    # The unverifiable query, truncated, when the link could not be read.
+    raw_query: str | None = None
+    version: int = field(default=SCHEMA_VERSION)
+
+    @property
+    def billable(self) -> bool:
+        return self.verdict is Verdict.VALID
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> ClickEvent:
+        """Parse and validate one record; raises ``SchemaError`` with the reason."""
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError as err:
+            raise SchemaError(f"not JSON: {err}") from None
+        if not isinstance(obj, dict):
+            raise SchemaError("a click record is a JSON object")
+        return cls.from_dict(obj)
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> ClickEvent:
+        if obj.get("version") != SCHEMA_VERSION:
+            raise SchemaError(f"unsupported schema version {obj.get('version')!r}")
+        unknown = set(obj) - _FIELDS
+        if unknown:
+            raise SchemaError(f"unknown fields {sorted(unknown)}")
+        try:
+            verdict = Verdict(obj["verdict"])
+        except (KeyError, ValueError):
+            raise SchemaError(f"bad verdict {obj.get('verdict')!r}") from None
+        for name in _REQUIRED_STR:
+            if not isinstance(obj.get(name), str):
+                raise SchemaError(f"field {name!r} must be a string")
+        if not isinstance(obj.get("ts"), int) or isinstance(obj.get("ts"), bool):
+            raise SchemaError("field 'ts' must be an integer (ms)")
+        for name in _OPTIONAL_STR:
+            if obj.get(name) is not None and not isinstance(obj[name], str):
+                raise SchemaError(f"field {name!r} must be a string or null")
+        link_exp = obj.get("link_exp")
+        if link_exp is not None and not isinstance(link_exp, int):
+            raise SchemaError("field 'link_exp' must be an integer or null")
+        subs = obj.get("sub_ids", [])
+        if not isinstance(subs, list) or not all(isinstance(s, str) for s in subs):
+            raise SchemaError("field 'sub_ids' must be a list of strings")
+        if verdict is Verdict.VALID and not (obj.get("buyer_key") and obj.get("promoter_id")):
+            raise SchemaError("a valid click needs buyer_key and promoter_id")
+        fields = {k: v for k, v in obj.items() if k not in ("verdict", "sub_ids")}
+        return cls(verdict=verdict, sub_ids=tuple(subs), **fields)
+
+
+_FIELDS = frozenset(ClickEvent.__dataclass_fields__)
+_REQUIRED_STR = ("click_id", "reason", "buyer_key", "ip", "user_agent", "referer")
+_OPTIONAL_STR = ("promoter_id", "channel_id", "position_id", "shop_id", "product_id", "target",
+                 "link_sig", "link_kid", "raw_query")
+
+
+def record_key(buyer_key: str) -> bytes | None:
+    """The Kafka key for a click: the buyer, so one buyer's clicks stay in order."""
+    return buyer_key.encode("utf-8") if buyer_key else None

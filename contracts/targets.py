@@ -1,0 +1,168 @@
+"""Redirect targets: strict syntax and the host allow-list.
+
+The edge only ever redirects to a target that (a) came inside a correctly
+signed link and (b) passes ``AllowList.check``.  The syntax accepted here is
+deliberately narrower than what browsers accept: every trick that makes a
+browser and a parser disagree about the host (backslashes, userinfo,
+scheme-relative ``//host``, percent-encoded or non-ASCII hosts, whitespace,
+trailing dots) is refused rather than interpreted.  ``normalize_target``
+turns a human-typed URL into that narrow form at mint time.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit, urlunsplit
+
+MAX_TARGET_LEN = 2048
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+# Printable ASCII minus space and the characters that browsers and servers
+# treat inconsistently inside URLs.
+_URL_CHARS = re.compile(r'[!#$%&\'()*+,\-./0-9:;=?@A-Z\[\]_a-z~|{}^]*')
+_ENTRY = re.compile(r"(\*\.)?([a-z0-9.-]+)(?::(\d{1,5}))?")
+
+
+class TargetError(ValueError):
+    """A target URL that must not be redirected to; ``str(err)`` is the reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedTarget:
+    scheme: str
+    host: str
+    port: int | None
+
+
+def parse_target(url: str) -> ParsedTarget:
+    """Check the narrow syntax and return scheme, lowercased host and port."""
+    if len(url) > MAX_TARGET_LEN:
+        raise TargetError(f"target longer than {MAX_TARGET_LEN} characters")
+    if not url.isascii() or not _URL_CHARS.fullmatch(url):
+        raise TargetError("target has characters outside printable ASCII URL syntax")
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in _DEFAULT_PORTS:
+        raise TargetError("target scheme must be http or https")
+    end = len(rest)
+    for ch in "/?#":
+        i = rest.find(ch)
+        if i != -1 and i < end:
+            end = i
+    authority = rest[:end]
+    if "@" in authority:
+        raise TargetError("target must not carry userinfo")
+    host, colon, port_text = authority.partition(":")
+    port: int | None = None
+    if colon:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise TargetError("target port is invalid")
+        port = int(port_text)
+    host = host.lower()
+    if not host:
+        raise TargetError("target has no host")
+    if host.endswith("."):
+        raise TargetError("target host must not end with a dot")
+    labels = host.split(".")
+    if not all(_LABEL.fullmatch(label) for label in labels):
+        raise TargetError("target host is not a plain DNS name")
+    if all(label.isdigit() for label in labels):
+        raise TargetError("target host must be a DNS name, not an IP address")
+    return ParsedTarget(scheme, host, port)
+
+
+def normalize_target(url: str) -> str:
+    """Turn a typed URL into the narrow form: IDNA host, lowercase, escaped path.
+
+    Raises ``TargetError`` for what cannot be made safe (other schemes,
+    userinfo, backslashes, ...): those are refused, not repaired.
+    """
+    url = url.strip()
+    if "\\" in url or any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+        raise TargetError("target has a backslash, whitespace or control character")
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not url.lower().startswith(scheme + "://"):
+        raise TargetError("target scheme must be http or https")
+    if "@" in parts.netloc:
+        raise TargetError("target must not carry userinfo")
+    try:
+        port = parts.port
+    except ValueError:
+        raise TargetError("target port is invalid") from None
+    host = (parts.hostname or "").rstrip(".")
+    try:
+        host = host.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        raise TargetError("target host is not a valid internationalized domain name") from None
+    netloc = host if port is None or port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
+    safe = "/:@!$&'()*+,;=-._~%"
+    normalized = urlunsplit((
+        scheme,
+        netloc,
+        quote(parts.path, safe=safe) or "/",
+        quote(parts.query, safe=safe + "?"),
+        quote(parts.fragment, safe=safe + "?#"),
+    ))
+    parse_target(normalized)
+    return normalized
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    host: str
+    wildcard: bool
+    port: int | None
+
+
+class AllowList:
+    """Hosts a link may redirect to: ``shop.example.com``, ``*.example.net``, ``localhost:8080``.
+
+    ``*.example.net`` matches subdomains only, not ``example.net`` itself.
+    An entry without a port admits only the scheme's default port.
+    """
+
+    def __init__(self, entries: list[str] | tuple[str, ...], *, allow_http: bool = False) -> None:
+        parsed: list[_Entry] = []
+        for raw in entries:
+            text = raw.strip().lower()
+            if not text:
+                continue
+            m = _ENTRY.fullmatch(text)
+            if not m or not all(_LABEL.fullmatch(lb) for lb in m.group(2).split(".")):
+                raise ValueError(f"allow-list entry {raw!r} is not HOST, *.HOST or HOST:PORT")
+            parsed.append(_Entry(m.group(2), bool(m.group(1)), int(m.group(3) or 0) or None))
+        if not parsed:
+            raise ValueError("the target allow-list is empty")
+        self._entries = tuple(parsed)
+        self.allow_http = allow_http
+
+    @classmethod
+    def parse(cls, text: str, *, allow_http: bool = False) -> AllowList:
+        return cls(text.split(","), allow_http=allow_http)
+
+    def __repr__(self) -> str:
+        shown = [("*." if e.wildcard else "") + e.host + (f":{e.port}" if e.port else "")
+                 for e in self._entries]
+        return f"AllowList({shown!r}, allow_http={self.allow_http})"
+
+    def check(self, url: str) -> ParsedTarget:
+        """Parse ``url`` and raise ``TargetError`` unless its host is allowed."""
+        target = parse_target(url)
+        if target.scheme == "http" and not self.allow_http:
+            raise TargetError("plain http targets are not allowed")
+        for entry in self._entries:
+            if entry.wildcard:
+                host_ok = target.host.endswith("." + entry.host)
+            else:
+                host_ok = target.host == entry.host
+            if not host_ok:
+                continue
+            if entry.port is None:
+                if target.port in (None, _DEFAULT_PORTS[target.scheme]):
+                    return target
+            elif target.port == entry.port:
+                return target
+        raise TargetError(f"target host {target.host!r} is not on the allow-list")

@@ -1,0 +1,57 @@
+"""Names shared by producers and consumers across services, and the click partitioner."""
+
+from __future__ import annotations
+
+import struct
+
+# Kafka topics.  The version suffix changes only with an incompatible schema.
+CLICKS_TOPIC = "cps.clicks.v1"
+ORDERS_TOPIC = "cps.orders.v1"
+
+# Redis fallback for clicks while Kafka is unreachable (a Redis Stream).
+CLICK_FALLBACK_STREAM = "cps:clicks:fallback"
+# How many clicks the fallback stream holds (entries hold batches).
+CLICK_FALLBACK_PENDING = "cps:clicks:fallback:pending"
+# Consumer group whose members move fallback entries into Kafka.
+CLICK_FALLBACK_GROUP = "cps-click-drain"
+
+_M = 0x5BD1E995
+_MASK = 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (Java ``Utils.murmur2``): the default partitioner's hash.
+
+    Same result as the reference implementation; unpacking the words in one
+    call makes it about twice as fast, which matters on a per-click path.
+    """
+    length = len(data)
+    h = 0x9747B28C ^ length
+    n4 = length // 4
+    for k in struct.unpack_from(f"<{n4}I", data):
+        k = (k * _M) & _MASK
+        k ^= k >> 24
+        k = (k * _M) & _MASK
+        h = ((h * _M) & _MASK) ^ k
+    tail = length & 3
+    if tail:
+        base = n4 * 4
+        if tail == 3:
+            h ^= data[base + 2] << 16
+        if tail >= 2:
+            h ^= data[base + 1] << 8
+        h ^= data[base]
+        h = (h * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    h ^= h >> 15
+    return h
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for ``key``.
+
+    Clicks keyed by buyer land where a Java/Kafka Streams producer keyed by the
+    same buyer would, so downstream joins on buyer stay co-partitioned.
+    """
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
