@@ -44,7 +44,7 @@ class Attribution:
 class CookieSealer:
     """Seals with the ring's active key; unseals with any key of the ring."""
 
-    __slots__ = ("_active", "_aads", "_ciphers")
+    __slots__ = ("_aads", "_active", "_ciphers")
 
     def __init__(self, ring: KeyRing) -> None:
         for kid in ring:
@@ -65,7 +65,7 @@ class CookieSealer:
         return prefix + base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii")
 
     def unseal(self, value: str) -> Attribution | None:
-        """The attribution in ``value``, or None if it is forged, edited, or under an unknown key."""
+        """The attribution in ``value``; None if forged, edited or sealed under an unknown key."""
         if len(value) > MAX_SEALED_LEN:
             return None
         kid, dot, body = value.partition(".")

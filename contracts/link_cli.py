@@ -100,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"verdict: {check.verdict.value} ({check.reason})")
         if link is not None:
+            expires = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(link.expires_at))
             print(f"promoter: {link.promoter_id}\nchannel:  {link.channel_id}\n"
-                  f"target:   {link.target}\nkey id:   {check.kid}\n"
-                  f"expires:  {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(link.expires_at))}")
+                  f"target:   {link.target}\nkey id:   {check.kid}\nexpires:  {expires}")
             for label, value in (("position", link.position_id), ("shop", link.shop_id),
                                  ("product", link.product_id)):
                 if value is not None:

@@ -1,0 +1,145 @@
+"""A private ``redis-server`` on a free loopback port (never the system one on 6379)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from types import TracebackType
+from typing import Literal, Self
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from devstack.processes import LOOPBACK, ManagedProcess, ServiceStartError, free_port
+
+AppendFsync = Literal["always", "everysec", "no"]
+
+
+def redis_server_binary() -> str:
+    """Path of ``redis-server`` on PATH."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ServiceStartError(
+            "redis-server is not on PATH; install it (Debian/Ubuntu: `sudo apt-get install"
+            " redis-server`, macOS: `brew install redis`). Only the binary is used: the"
+            " system service does not need to run."
+        )
+    return binary
+
+
+def redis_ping(port: int, timeout: float = 0.5) -> bool:
+    """True if the server on ``port`` answers PING (False while loading its AOF)."""
+    client = redis.Redis(
+        host=LOOPBACK,
+        port=port,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        # redis-py retries with backoff by default, which would turn one probe
+        # of a wedged port into seconds and delay noticing a dead server.
+        retry=Retry(NoBackoff(), 0),
+    )
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+class RedisServer:
+    """``redis-server`` with its data in ``data_dir``.
+
+    The defaults (AOF on, ``appendfsync always``) make every acknowledged write
+    durable, so a SIGKILL followed by :meth:`restart` loses nothing: the
+    property the fault-injection tests rely on. RDB snapshots are off so the AOF
+    is the only source of truth and a restart never loads a stale snapshot.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        data_dir: Path,
+        appendonly: bool = True,
+        appendfsync: AppendFsync = "always",
+        log_dir: Path | None = None,
+        start_timeout: float = 20.0,
+    ) -> None:
+        if appendfsync not in ("always", "everysec", "no"):
+            raise ValueError(f"appendfsync must be always, everysec or no, not {appendfsync!r}")
+        self.port = port if port is not None else free_port()
+        self.data_dir = Path(data_dir).absolute()
+        self.appendonly = appendonly
+        self.appendfsync: AppendFsync = appendfsync
+        self.start_timeout = start_timeout
+        # fmt: off
+        argv = [
+            redis_server_binary(),
+            "--port", str(self.port),
+            "--bind", LOOPBACK,
+            "--dir", str(self.data_dir),
+            "--appendonly", "yes" if appendonly else "no",
+            "--appendfsync", appendfsync,
+            "--save", "",
+            "--daemonize", "no",
+            # Empty logfile means stdout, which ManagedProcess sends to its log.
+            "--logfile", "",
+        ]
+        # fmt: on
+        self.process = ManagedProcess(
+            argv,
+            log_path=Path(log_dir or self.data_dir) / f"redis-{self.port}.log",
+            name=f"redis-server:{self.port}",
+        )
+
+    @property
+    def url(self) -> str:
+        return f"redis://{LOOPBACK}:{self.port}/0"
+
+    @property
+    def alive(self) -> bool:
+        return self.process.alive
+
+    @property
+    def log_path(self) -> Path:
+        return self.process.log_path
+
+    def start(self) -> Self:
+        """Start the server and wait until PING succeeds (i.e. the AOF is loaded)."""
+        # redis-server refuses to start when --dir does not exist.
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.process.start(ready=lambda: redis_ping(self.port), timeout=self.start_timeout)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        return self.process.stop(timeout)
+
+    def kill(self) -> int | None:
+        """SIGKILL: with AOF ``always`` every acknowledged write survives this."""
+        return self.process.kill()
+
+    def restart(self) -> Self:
+        """Start again on the same port and data directory (stopping it first if up)."""
+        if self.process.alive:
+            self.process.stop()
+        return self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP: connections still open, commands time out (a hung server)."""
+        self.process.pause()
+
+    def resume(self) -> None:
+        self.process.resume()
+
+    def __enter__(self) -> Self:
+        # Already started (``with X(...).start() as x:``) is fine too.
+        return self if self.alive else self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,1 @@
+"""Getting click events from the request path to Kafka: buffer, Kafka, Redis, disk spool."""

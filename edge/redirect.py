@@ -1,0 +1,315 @@
+"""The redirect endpoint: a raw ASGI callable, because it is the hot path.
+
+Everything that depends only on the link (signature check, target check,
+the Location pieces, the event fields) is computed once per distinct link and
+cached, keyed by the raw query bytes: during a live-stream spike thousands of
+buyers click the *same* link.  Per request there remains one header scan, a
+few dictionary lookups, one AES-GCM seal, one JSON dump and a deque append.
+
+Verdicts, in the order they are decided:
+
+    malformed / unknown_key / bad_signature / target_not_allowed   4xx or safe landing page
+    rate_limited                                                   429
+    expired                 302 to the target, no cookie
+    bot                     302 to the target, no cookie (crawlers, previews, HEAD,
+                            prefetch, sub-resource loads)
+    duplicate               the first click's exact answer again
+    valid                   302 to target + tracking params, sealed cookie
+
+Every request to this endpoint emits exactly one click event.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+
+from contracts.clicks import MAX_RAW_QUERY, MAX_REFERER, MAX_USER_AGENT, SCHEMA_VERSION, Verdict
+from contracts.cookie import Attribution, CookieSealer
+from contracts.ids import new_click_id, new_visitor_id
+from contracts.links import LinkCheck, LinkVerdict, verify_query
+from contracts.records import Record
+from edge import telemetry as t
+from edge.dedup import DuplicateWindow, FirstClick
+from edge.ratelimit import IpRateLimiter
+from edge.requester import RequesterFilter, fetch_reason
+from edge.settings import EdgeSettings
+
+Scope = MutableMapping[str, Any]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+TRACKING_PARAMS = ("cps_click_id", "cps_promoter", "cps_channel")
+LINK_CACHE_GENERATION = 5000
+
+_STATUS = {
+    Verdict.MALFORMED: 400,
+    Verdict.UNKNOWN_KEY: 403,
+    Verdict.BAD_SIGNATURE: 403,
+    Verdict.TARGET_NOT_ALLOWED: 403,
+}
+_BODY_END: dict[str, Any] = {"type": "http.response.body", "body": b"", "more_body": False}
+_NO_STORE = (b"cache-control", b"no-store")
+_EMPTY = (b"content-length", b"0")
+
+
+@dataclass(frozen=True, slots=True)
+class CachedLink:
+    """A verified link with everything a request needs, computed once."""
+
+    expires_at: int
+    sig: str
+    promoter_id: str
+    channel_id: str
+    plain_location: bytes
+    location_head: bytes  # ...target?...&cps_click_id=
+    location_tail: bytes  # &cps_promoter=..&cps_channel=..[#fragment]
+    event: dict[str, Any]
+
+
+def _cache_entry(check: LinkCheck) -> CachedLink:
+    link = check.link
+    assert link is not None
+    assert check.sig is not None
+    base, hash_mark, fragment = link.target.partition("#")
+    sep = "" if base.endswith(("?", "&")) else ("&" if "?" in base else "?")
+    tail = (f"&{TRACKING_PARAMS[1]}={quote(link.promoter_id, safe='')}"
+            f"&{TRACKING_PARAMS[2]}={quote(link.channel_id, safe='')}{hash_mark}{fragment}")
+    return CachedLink(
+        expires_at=link.expires_at,
+        sig=check.sig,
+        promoter_id=link.promoter_id,
+        channel_id=link.channel_id,
+        plain_location=link.target.encode("ascii"),
+        location_head=f"{base}{sep}{TRACKING_PARAMS[0]}=".encode("ascii"),
+        location_tail=tail.encode("ascii"),
+        event=_link_fields(check),
+    )
+
+
+def _link_fields(check: LinkCheck) -> dict[str, Any]:
+    link = check.link
+    if link is None:
+        return {"version": SCHEMA_VERSION}
+    return {
+        "version": SCHEMA_VERSION,
+        "promoter_id": link.promoter_id, "channel_id": link.channel_id,
+        "position_id": link.position_id, "shop_id": link.shop_id,
+        "product_id": link.product_id, "sub_ids": list(link.sub_ids),
+        "target": link.target, "link_sig": check.sig, "link_kid": check.kid,
+        "link_exp": link.expires_at,
+    }
+
+
+class RedirectEndpoint:
+    """``await endpoint(scope, send)`` answers one redirect request."""
+
+    def __init__(self, settings: EdgeSettings, submit: Callable[[Record], None]) -> None:
+        self._submit = submit
+        self._ring = settings.link_keys
+        self._allow = settings.allowed_target_hosts
+        self._sealer = CookieSealer(settings.cookie_keys)
+        self._requesters = RequesterFilter(settings.bot_user_agents.split(","))
+        self._dedup = DuplicateWindow(settings.duplicate_window_s, settings.duplicate_max_entries)
+        self._limiter = IpRateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+        self._rate_limited = self._limiter.enabled
+        self._hops = settings.forwarded_hops
+        self._window_ms = settings.attribution_window_s * 1000
+        self._verdict_header = settings.verdict_header
+        self._safe_landing = settings.safe_landing_url
+        self._cookie_key = settings.cookie_name.encode("ascii") + b"="
+        attrs = f"; Max-Age={settings.attribution_window_s}; Path=/"
+        if settings.cookie_domain:
+            attrs += f"; Domain={settings.cookie_domain}"
+        attrs += "; HttpOnly" + ("; Secure" if settings.cookie_secure else "") + "; SameSite=Lax"
+        self._cookie_head = settings.cookie_name + "="
+        self._cookie_attrs = attrs
+        # Two generations approximate an LRU at O(1): a miss in `_links` that
+        # hits `_old_links` is promoted; a full `_links` becomes `_old_links`.
+        self._links: dict[bytes, CachedLink] = {}
+        self._old_links: dict[bytes, CachedLink] = {}
+        self._slots = t.REGISTRY.slots
+        self._verdict_slot = {v: t.requests.index(v.value) for v in Verdict}
+
+    @property
+    def cached_links(self) -> int:
+        return len(self._links) + len(self._old_links)
+
+    def _lookup(self, query: bytes) -> CachedLink | LinkCheck:
+        cached = self._old_links.get(query)
+        if cached is None:
+            check = verify_query(query, self._ring, self._allow)
+            if check.verdict is not LinkVerdict.VALID:
+                return check
+            cached = _cache_entry(check)
+        if len(self._links) >= LINK_CACHE_GENERATION:
+            self._old_links = self._links
+            self._links = {}
+        self._links[query] = cached
+        return cached
+
+    async def __call__(self, scope: Scope, send: Send) -> None:
+        started = time.perf_counter_ns()
+        query: bytes = scope["query_string"]
+        headers = dict(scope["headers"])
+        method: str = scope["method"]
+        client = scope.get("client")
+        ip: str = client[0] if client else ""
+        if self._hops:
+            ip = _forwarded_ip(headers.get(b"x-forwarded-for", b""), self._hops) or ip
+        now_ns = time.time_ns()
+        now_ms = now_ns // 1_000_000
+
+        if method != "GET" and method != "HEAD":
+            await self._refuse(send, Verdict.MALFORMED, f"method {method[:10]} not allowed",
+                               None, query, headers, ip, now_ms, status=405)
+            self._done(started, Verdict.MALFORMED)
+            return
+        link = self._links.get(query)
+        if link is None:
+            found = self._lookup(query)
+            if isinstance(found, LinkCheck):
+                await self._refuse(send, Verdict(found.verdict.value), found.reason, found, query,
+                                   headers, ip, now_ms)
+                self._done(started, Verdict(found.verdict.value))
+                return
+            link = found
+
+        if self._rate_limited and not self._limiter.allow(ip, now_ns / 1e9):
+            self._emit(link, Verdict.RATE_LIMITED, "per-IP rate limit", now_ms, "", ip, headers)
+            await send({"type": "http.response.start", "status": 429, "headers": [
+                (b"retry-after", b"1"), _NO_STORE, (b"content-type", b"text/plain"),
+                (b"content-length", b"18"), *self._verdict(Verdict.RATE_LIMITED)]})
+            await send({"type": "http.response.body", "body": b"too many requests\n"})
+            self._done(started, Verdict.RATE_LIMITED)
+            return
+
+        if link.expires_at * 1000 <= now_ms:
+            verdict, reason = Verdict.EXPIRED, "link expired"
+        else:
+            bot = fetch_reason(method, headers.get(b"sec-fetch-dest", b""),
+                               headers.get(b"sec-purpose", b"") or headers.get(b"purpose", b"")
+                               or headers.get(b"x-purpose", b"")) \
+                or self._requesters.bot_reason(headers.get(b"user-agent", b""))
+            verdict, reason = (Verdict.BOT, bot) if bot else (Verdict.VALID, "")
+        if verdict is not Verdict.VALID:
+            self._emit(link, verdict, reason, now_ms, self._visitor(headers) or "", ip, headers)
+            await send({"type": "http.response.start", "status": 302, "headers": [
+                (b"location", link.plain_location), _NO_STORE, _EMPTY, *self._verdict(verdict)]})
+            await send(_BODY_END)
+            self._done(started, verdict)
+            return
+
+        visitor = self._visitor(headers)
+        ident = visitor or f"{ip}|{headers.get(b'user-agent', b'').decode('latin-1')}"
+        key = (ident, link.sig)
+        first = self._dedup.get(key, now_ms)
+        if first is not None:
+            verdict = Verdict.DUPLICATE
+            self._emit(link, verdict, f"repeat of {first.click_id}", now_ms, first.buyer_key, ip,
+                       headers)
+            location, set_cookie = first.location, first.set_cookie
+        else:
+            click_id = new_click_id(now_ms)
+            buyer = visitor or new_visitor_id()
+            sealed = self._sealer.seal(Attribution(buyer, link.promoter_id, link.channel_id,
+                                                   click_id, now_ms, now_ms + self._window_ms))
+            set_cookie = f"{self._cookie_head}{sealed}{self._cookie_attrs}".encode("ascii")
+            location = link.location_head + click_id.encode("ascii") + link.location_tail
+            self._dedup.remember(key, FirstClick(now_ms + self._dedup.window_ms, click_id, buyer,
+                                                 location, set_cookie), now_ms)
+            self._emit(link, verdict, "", now_ms, buyer, ip, headers, click_id)
+        await send({"type": "http.response.start", "status": 302, "headers": [
+            (b"location", location), (b"set-cookie", set_cookie), _NO_STORE, _EMPTY,
+            *self._verdict(verdict)]})
+        await send(_BODY_END)
+        self._done(started, verdict)
+
+    def _done(self, started: int, verdict: Verdict) -> None:
+        self._slots[self._verdict_slot[verdict]] += 1
+        t.request_seconds.observe_ns(time.perf_counter_ns() - started)
+
+    def _verdict(self, verdict: Verdict) -> tuple[tuple[bytes, bytes], ...]:
+        if not self._verdict_header:
+            return ()
+        return ((b"x-cps-verdict", verdict.value.encode("ascii")),)
+
+    def _visitor(self, headers: dict[bytes, bytes]) -> str | None:
+        """The visitor id in a genuine attribution cookie, if the request carries one."""
+        cookies = headers.get(b"cookie")
+        if not cookies:
+            return None
+        name = self._cookie_key
+        at = cookies.find(name)
+        while at > 0 and cookies[at - 1] not in b" ;":
+            at = cookies.find(name, at + 1)
+        if at == -1:
+            return None
+        start = at + len(name)
+        end = cookies.find(b";", start)
+        value = cookies[start:] if end == -1 else cookies[start:end]
+        found = self._sealer.unseal(value.strip().decode("latin-1"))
+        return found.visitor_id if found is not None else None
+
+    def _emit(self, link: CachedLink, verdict: Verdict, reason: str, now_ms: int, buyer: str,
+              ip: str, headers: dict[bytes, bytes], click_id: str | None = None) -> None:
+        event = link.event.copy()
+        event["click_id"] = click_id or new_click_id(now_ms)
+        event["ts"] = now_ms
+        event["verdict"] = verdict.value
+        event["reason"] = reason
+        event["buyer_key"] = buyer
+        event["ip"] = ip
+        event["user_agent"] = _text(headers.get(b"user-agent", b""), MAX_USER_AGENT)
+        event["referer"] = _text(headers.get(b"referer", b""), MAX_REFERER)
+        self._submit((now_ms, buyer.encode() if buyer else None, orjson.dumps(event)))
+
+    async def _refuse(self, send: Send, verdict: Verdict, reason: str, check: LinkCheck | None,
+                      query: bytes, headers: dict[bytes, bytes], ip: str, now_ms: int,
+                      status: int | None = None) -> None:
+        event: dict[str, Any] = _link_fields(check) if check is not None \
+            else {"version": SCHEMA_VERSION}
+        if check is None or check.link is None:
+            event["raw_query"] = _text(query, MAX_RAW_QUERY)
+        event.update(click_id=new_click_id(now_ms), ts=now_ms, verdict=verdict.value,
+                     reason=reason, buyer_key=self._visitor(headers) or "", ip=ip,
+                     user_agent=_text(headers.get(b"user-agent", b""), MAX_USER_AGENT),
+                     referer=_text(headers.get(b"referer", b""), MAX_REFERER))
+        buyer = event["buyer_key"]
+        self._submit((now_ms, buyer.encode() if buyer else None, orjson.dumps(event)))
+        extra = self._verdict(verdict)
+        if self._safe_landing and status is None:
+            sep = "&" if "?" in self._safe_landing else "?"
+            location = f"{self._safe_landing}{sep}reason={verdict.value}".encode("ascii")
+            await send({"type": "http.response.start", "status": 302,
+                        "headers": [(b"location", location), _NO_STORE, _EMPTY, *extra]})
+            await send(_BODY_END)
+            return
+        body = f"invalid promotion link: {verdict.value}: {reason}\n".encode()
+        headers_out = [(b"content-type", b"text/plain; charset=utf-8"),
+                       (b"x-content-type-options", b"nosniff"), _NO_STORE,
+                       (b"content-length", str(len(body)).encode()), *extra]
+        if status == 405:
+            headers_out.append((b"allow", b"GET, HEAD"))
+        await send({"type": "http.response.start", "status": status or _STATUS[verdict],
+                    "headers": headers_out})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _text(raw: bytes, limit: int) -> str:
+    return raw[:limit].decode("utf-8", "replace")
+
+
+def _forwarded_ip(header: bytes, hops: int) -> str | None:
+    """The client address ``hops`` proxies back in X-Forwarded-For (trusted proxies only)."""
+    parts = header.split(b",")
+    if len(parts) < hops:
+        return None
+    candidate = parts[-hops].strip()
+    if not candidate or len(candidate) > 45 or not candidate.isascii():
+        return None
+    return candidate.decode("ascii")

