@@ -8,6 +8,7 @@ server byte for byte; HTTP libraries normalize or refuse to send them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import re
@@ -110,7 +111,8 @@ class EdgeProcess:
                 out[name] = float(value)
         return out
 
-    def wait_for(self, predicate_name: str, predicate: object, timeout: float = 30) -> dict[str, float]:
+    def wait_for(self, predicate_name: str, predicate: object,
+                 timeout: float = 30) -> dict[str, float]:
         """Poll /metrics until ``predicate(metrics)`` holds; fail with the last metrics."""
         deadline = time.monotonic() + timeout
         m: dict[str, float] = {}
@@ -181,10 +183,8 @@ async def raw_request(port: int, raw: bytes, *, method: str = "GET",
         return None
     finally:
         writer.close()
-        try:
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
             await writer.wait_closed()
-        except (ConnectionResetError, BrokenPipeError):
-            pass
 
 
 def get_request(path: str | bytes, headers: Iterable[tuple[str, str]] = (),
