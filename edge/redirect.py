@@ -169,6 +169,12 @@ class RedirectEndpoint:
                                None, query, headers, ip, now_ms, status=405)
             self._done(started, Verdict.MALFORMED)
             return
+        if scope.get("http_version") == "0.9":
+            # What a raw CR/LF inside the request line parses as: a smuggling attempt.
+            await self._refuse(send, Verdict.MALFORMED, "request line is not HTTP/1.x", None,
+                               query, headers, ip, now_ms, status=400)
+            self._done(started, Verdict.MALFORMED)
+            return
         link = self._links.get(query)
         if link is None:
             found = self._lookup(query)
@@ -205,8 +211,11 @@ class RedirectEndpoint:
             return
 
         visitor = self._visitor(headers)
-        ident = visitor or f"{ip}|{headers.get(b'user-agent', b'').decode('latin-1')}"
-        key = (ident, link.sig)
+        device = f"{ip}|{headers.get(b'user-agent', b'').decode('latin-1')}"
+        # A buyer with a genuine cookie is known by it; without one, by address
+        # and browser.  Never both: two buyers behind one NAT with the same
+        # browser must not share a cookie.
+        key = (visitor or device, link.sig)
         first = self._dedup.get(key, now_ms)
         if first is not None:
             verdict = Verdict.DUPLICATE
@@ -220,8 +229,12 @@ class RedirectEndpoint:
                                                    click_id, now_ms, now_ms + self._window_ms))
             set_cookie = f"{self._cookie_head}{sealed}{self._cookie_attrs}".encode("ascii")
             location = link.location_head + click_id.encode("ascii") + link.location_tail
-            self._dedup.remember(key, FirstClick(now_ms + self._dedup.window_ms, click_id, buyer,
-                                                 location, set_cookie), now_ms)
+            first = FirstClick(now_ms + self._dedup.window_ms, click_id, buyer, location,
+                               set_cookie)
+            self._dedup.remember(key, first, now_ms)
+            if visitor is None:
+                # The reload will carry the cookie this answer sets.
+                self._dedup.remember((buyer, link.sig), first, now_ms)
             self._emit(link, verdict, "", now_ms, buyer, ip, headers, click_id)
         await send({"type": "http.response.start", "status": 302, "headers": [
             (b"location", location), (b"set-cookie", set_cookie), _NO_STORE, _EMPTY,
@@ -245,15 +258,18 @@ class RedirectEndpoint:
             return None
         name = self._cookie_key
         at = cookies.find(name)
-        while at > 0 and cookies[at - 1] not in b" ;":
+        # Several cookies of that name can arrive (stale ones from an older
+        # domain or key): the first genuine one counts.
+        while at != -1:
+            if at == 0 or cookies[at - 1] in b" ;":
+                start = at + len(name)
+                end = cookies.find(b";", start)
+                value = cookies[start:] if end == -1 else cookies[start:end]
+                found = self._sealer.unseal(value.strip().decode("latin-1"))
+                if found is not None:
+                    return found.visitor_id
             at = cookies.find(name, at + 1)
-        if at == -1:
-            return None
-        start = at + len(name)
-        end = cookies.find(b";", start)
-        value = cookies[start:] if end == -1 else cookies[start:end]
-        found = self._sealer.unseal(value.strip().decode("latin-1"))
-        return found.visitor_id if found is not None else None
+        return None
 
     def _emit(self, link: CachedLink, verdict: Verdict, reason: str, now_ms: int, buyer: str,
               ip: str, headers: dict[bytes, bytes], click_id: str | None = None) -> None:

@@ -35,7 +35,10 @@ class RequesterFilter:
 
     def __init__(self, extra_patterns: Iterable[str] = ()) -> None:
         words = [*DEFAULT_BOT_PATTERNS, *(p.strip().lower() for p in extra_patterns if p.strip())]
-        self._pattern = re.compile("|".join(re.escape(w) for w in words))
+        alternatives = [re.escape(w) for w in words]
+        # "bot" also ends the name of CUBOT phones, whose owners are buyers.
+        alternatives[words.index("bot")] = "(?<!cu)bot"
+        self._pattern = re.compile("|".join(alternatives))
         # Most traffic comes from a few thousand distinct User-Agents: remember verdicts.
         self._cache: dict[bytes, str | None] = {}
 
