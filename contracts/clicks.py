@@ -85,7 +85,7 @@ class ClickEvent:
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> ClickEvent:
-        if obj.get("version") != SCHEMA_VERSION:
+        if type(obj.get("version")) is not int or obj["version"] != SCHEMA_VERSION:
             raise SchemaError(f"unsupported schema version {obj.get('version')!r}")
         unknown = set(obj) - _FIELDS
         if unknown:
@@ -103,7 +103,7 @@ class ClickEvent:
             if obj.get(name) is not None and not isinstance(obj[name], str):
                 raise SchemaError(f"field {name!r} must be a string or null")
         link_exp = obj.get("link_exp")
-        if link_exp is not None and not isinstance(link_exp, int):
+        if link_exp is not None and type(link_exp) is not int:
             raise SchemaError("field 'link_exp' must be an integer or null")
         subs = obj.get("sub_ids", [])
         if not isinstance(subs, list) or not all(isinstance(s, str) for s in subs):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass
 
 import orjson
@@ -27,6 +28,7 @@ from contracts.keys import KeyRing
 PAYLOAD_VERSION = 1
 AES_KEY_SIZES = (16, 24, 32)
 _AAD_PREFIX = b"cps-attr-v1|"
+_BODY = re.compile(r"[A-Za-z0-9_-]+")
 # Longer values are refused before any decoding work.
 MAX_SEALED_LEN = 1024
 
@@ -70,11 +72,14 @@ class CookieSealer:
             return None
         kid, dot, body = value.partition(".")
         cipher = self._ciphers.get(kid)
-        if cipher is None or not dot:
+        if cipher is None or not dot or not _BODY.fullmatch(body):
             return None
         try:
             raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
         except (binascii.Error, ValueError):
+            return None
+        # One spelling per token: the attribution token is compared as a string downstream.
+        if base64.urlsafe_b64encode(raw).rstrip(b"=") != body.encode("ascii"):
             return None
         if len(raw) < 12 + 16:
             return None
@@ -83,11 +88,11 @@ class CookieSealer:
         except InvalidTag:
             return None
         try:
-            fields = orjson.loads(plaintext)
-            version, visitor, promoter, channel, click_id, click_ms, window_end = fields
+            version, visitor, promoter, channel, click_id, click_ms, window_end = \
+                orjson.loads(plaintext)
+            if version != PAYLOAD_VERSION:
+                return None
+            return Attribution(str(visitor), str(promoter), str(channel), str(click_id),
+                               int(click_ms), int(window_end))
         except (orjson.JSONDecodeError, TypeError, ValueError):
             return None
-        if version != PAYLOAD_VERSION:
-            return None
-        return Attribution(str(visitor), str(promoter), str(channel), str(click_id),
-                           int(click_ms), int(window_end))

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 KID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,16}")
+_B64_TEXT = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
 
 
 class KeyConfigError(ValueError):
@@ -78,8 +79,14 @@ class KeyRing(Mapping[str, bytes]):
             if not item:
                 continue
             kid, sep, encoded = item.partition(":")
+            kid = kid.strip()
             if not sep:
                 raise KeyConfigError(f"{what}: entry {n + 1} is not of the form KID:BASE64")
+            if not KID_PATTERN.fullmatch(kid):
+                raise KeyConfigError(f"{what}: entry {n + 1} has an invalid key id "
+                                     f"(must match {KID_PATTERN.pattern})")
+            if any(kid == seen for seen, _ in pairs):
+                raise KeyConfigError(f"{what}: key id {kid!r} appears twice")
             try:
                 secret = _b64decode(encoded.strip())
             except (binascii.Error, ValueError):
@@ -90,7 +97,7 @@ class KeyRing(Mapping[str, bytes]):
             if sizes is None and len(secret) < min_size:
                 raise KeyConfigError(
                     f"{what}: key {kid!r} is {len(secret)} bytes, needs at least {min_size}")
-            pairs.append((kid.strip(), secret))
+            pairs.append((kid, secret))
         if not pairs:
             raise KeyConfigError(f"{what}: no keys configured")
         return cls(tuple(pairs))
@@ -101,6 +108,10 @@ class KeyRing(Mapping[str, bytes]):
 
 
 def _b64decode(text: str) -> bytes:
+    # The decoders skip characters outside the alphabet: "k1:A;k2:B" would
+    # silently become one key.
+    if not _B64_TEXT.fullmatch(text):
+        raise ValueError("not base64")
     padded = text + "=" * (-len(text) % 4)
     if "+" in text or "/" in text:
         return base64.b64decode(padded, validate=True)

@@ -19,7 +19,7 @@ import orjson
 from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from contracts.keys import generate_ring
+from contracts.keys import KeyConfigError, generate_ring
 from contracts.links import LinkError, LinkVerdict, inspect_link, mint_link
 from contracts.settings import AllowedHosts, ConfigError, LinkKeys, load_settings
 
@@ -68,7 +68,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "keygen":
-        print(generate_ring((args.kid,), 32).to_text())
+        try:
+            print(generate_ring((args.kid,), 32).to_text())
+        except KeyConfigError as err:
+            print(f"cps-link: {err}", file=sys.stderr)
+            return 2
         return 0
     try:
         s = load_settings(LinkToolSettings)

@@ -128,7 +128,7 @@ def _check_fields(link: Link) -> None:
     if link.sub_ids and not link.sub_ids[-1]:
         raise LinkError("the last sub-id must not be empty")
     for value in link.sub_ids:
-        if len(value) > MAX_SUB_ID_CHARS or _has_control(value):
+        if len(value) > MAX_SUB_ID_CHARS or _has_unprintable(value):
             raise LinkError(f"sub-ids are at most {MAX_SUB_ID_CHARS} printable characters")
     if not isinstance(link.expires_at, int) or not 0 < link.expires_at < 10**12:
         raise LinkError("expires_at must be a positive Unix time in seconds")
@@ -154,7 +154,8 @@ def mint_link(base_url: str, *, ring: KeyRing, promoter_id: str, channel_id: str
     given, must be on it: minting a link the edge would refuse helps nobody.
     """
     split = urlsplit(base_url)
-    if split.scheme not in ("http", "https") or not split.netloc or split.query or split.fragment:
+    if split.scheme not in ("http", "https") or not split.netloc or "?" in base_url \
+            or "#" in base_url:
         raise LinkError("base URL must be http(s)://HOST/PATH without query or fragment")
     try:
         target = normalize_target(target)
@@ -169,15 +170,26 @@ def mint_link(base_url: str, *, ring: KeyRing, promoter_id: str, channel_id: str
     link = Link(promoter_id=promoter_id, channel_id=channel_id, target=target,
                 expires_at=expires_at, position_id=position_id, shop_id=shop_id,
                 product_id=product_id, sub_ids=tuple(sub_ids))
-    return f"{base_url}?{sign_query(link, ring)}"
+    query = sign_query(link, ring)
+    if len(query) > MAX_QUERY_BYTES:
+        raise LinkError(f"the link's query would exceed {MAX_QUERY_BYTES} bytes: "
+                        "shorten the target or sub-ids")
+    return f"{base_url}?{query}"
 
 
 class _Malformed(Exception):
     pass
 
 
-def _has_control(value: str) -> bool:
-    return any(unicodedata.category(c) == "Cc" for c in value)
+# Control, format (bidi overrides, zero-width, BOM), surrogate and line/paragraph
+# separator characters: invisible or misleading in reports and logs.
+_UNPRINTABLE = frozenset(("Cc", "Cf", "Cs", "Zl", "Zp"))
+
+
+def _has_unprintable(value: str) -> bool:
+    if value.isascii():
+        return any(c < " " or c == "\x7f" for c in value)
+    return any(unicodedata.category(c) in _UNPRINTABLE for c in value)
 
 
 def _decode_value(raw: bytes) -> str:
@@ -187,8 +199,10 @@ def _decode_value(raw: bytes) -> str:
         value = unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
     except UnicodeDecodeError:
         raise _Malformed("parameter is not valid UTF-8") from None
-    if _has_control(value):
-        raise _Malformed("parameter holds control characters")
+    if not value:
+        raise _Malformed("parameter has an empty value")
+    if _has_unprintable(value):
+        raise _Malformed("parameter holds control or invisible characters")
     return value
 
 

@@ -24,6 +24,8 @@ class BatchFormatError(ValueError):
 def encode_batch(records: Iterable[Record]) -> bytes:
     parts: list[bytes] = []
     for ts, key, value in records:
+        if ts < 0 or not value:
+            raise BatchFormatError("record needs a non-negative timestamp and a value")
         if b"\n" in value or b"\t" in value or (key and (b"\n" in key or b"\t" in key)):
             raise BatchFormatError("record holds a raw tab or newline")
         parts.append(b"%d\t%s\t%s\n" % (ts, key or b"", value))

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from urllib.parse import quote, urlsplit, urlunsplit
 
 MAX_TARGET_LEN = 2048
+# The edge appends these to the target; a target already carrying them would
+# hand the landing page two values, the first one chosen by the link's author.
+TRACKING_PARAMS = ("cps_click_id", "cps_promoter", "cps_channel")
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
@@ -23,6 +26,10 @@ _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 # treat inconsistently inside URLs.
 _URL_CHARS = re.compile(r'[!#$%&\'()*+,\-./0-9:;=?@A-Z\[\]_a-z~|{}^]*')
 _ENTRY = re.compile(r"(\*\.)?([a-z0-9.-]+)(?::(\d{1,5}))?")
+# WHATWG URL parsing turns a host whose last label is numeric (decimal, octal or
+# 0x-hex) into an IPv4 address: "0x7f000001" is 127.0.0.1 to a browser.
+_NUMERIC_LABEL = re.compile(r"0x[0-9a-f]*|[0-9]+")
+_RESERVED = re.compile(r"[?&](?:" + "|".join(TRACKING_PARAMS) + ")=")
 
 
 class TargetError(ValueError):
@@ -68,8 +75,10 @@ def parse_target(url: str) -> ParsedTarget:
     labels = host.split(".")
     if not all(_LABEL.fullmatch(label) for label in labels):
         raise TargetError("target host is not a plain DNS name")
-    if all(label.isdigit() for label in labels):
+    if _NUMERIC_LABEL.fullmatch(labels[-1]):
         raise TargetError("target host must be a DNS name, not an IP address")
+    if _RESERVED.search(rest[end:].partition("#")[0]):
+        raise TargetError("target must not carry the edge's tracking parameters")
     return ParsedTarget(scheme, host, port)
 
 
@@ -86,6 +95,9 @@ def normalize_target(url: str) -> str:
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS or not url.lower().startswith(scheme + "://"):
         raise TargetError("target scheme must be http or https")
+    if not parts.netloc:
+        # "https:////evil.com" has no host; its path must not become one.
+        raise TargetError("target has no host")
     if "@" in parts.netloc:
         raise TargetError("target must not carry userinfo")
     try:
@@ -133,7 +145,12 @@ class AllowList:
             m = _ENTRY.fullmatch(text)
             if not m or not all(_LABEL.fullmatch(lb) for lb in m.group(2).split(".")):
                 raise ValueError(f"allow-list entry {raw!r} is not HOST, *.HOST or HOST:PORT")
-            parsed.append(_Entry(m.group(2), bool(m.group(1)), int(m.group(3) or 0) or None))
+            if m.group(1) and "." not in m.group(2):
+                raise ValueError(f"allow-list entry {raw!r} would admit a whole top-level domain")
+            port = int(m.group(3)) if m.group(3) else None
+            if port is not None and not 0 < port < 65536:
+                raise ValueError(f"allow-list entry {raw!r} has a port outside 1-65535")
+            parsed.append(_Entry(m.group(2), bool(m.group(1)), port))
         if not parsed:
             raise ValueError("the target allow-list is empty")
         self._entries = tuple(parsed)
@@ -160,9 +177,7 @@ class AllowList:
                 host_ok = target.host == entry.host
             if not host_ok:
                 continue
-            if entry.port is None:
-                if target.port in (None, _DEFAULT_PORTS[target.scheme]):
-                    return target
-            elif target.port == entry.port:
+            port = target.port or _DEFAULT_PORTS[target.scheme]
+            if port == (entry.port or _DEFAULT_PORTS[target.scheme]):
                 return target
         raise TargetError(f"target host {target.host!r} is not on the allow-list")

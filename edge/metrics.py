@@ -95,7 +95,9 @@ class Registry:
             self.slots = memoryview(buf)[_HEADER.size:].cast("q")
             return
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{os.getpid()}.metrics"
+        # The random part keeps a recycled pid from truncating a dead worker's
+        # counters, which must keep counting.
+        path = directory / f"{os.getpid()}-{os.urandom(4).hex()}.metrics"
         with open(path, "w+b") as f:
             f.truncate(size)
             self._mmap = mmap.mmap(f.fileno(), size)
@@ -108,6 +110,7 @@ class Registry:
             self.slots.release()
             self._mmap.close()
             self._mmap = None
+        self._dir = None
         self.slots = memoryview(bytearray(self._size * _SLOT or _SLOT)).cast("q")
 
     def _snapshots(self) -> Iterable[tuple[bool, Sequence[int]]]:
@@ -192,6 +195,8 @@ class Counter:
     def index(self, label_value: str | None = None) -> int:
         """The slot to bump directly on hot paths: ``registry.slots[i] += 1``."""
         if label_value is None:
+            if self._m.label_values:
+                raise ValueError(f"{self._m.name} needs a {self._m.label_name} label value")
             return self._m.offset
         return self._m.offset + self._m.label_values.index(label_value)
 
@@ -217,7 +222,7 @@ class Histogram:
     def __init__(self, registry: Registry, metric: _Metric) -> None:
         self._r = registry
         self._m = metric
-        self._bounds_ns = [int(b * 1e9) for b in metric.buckets[:-1]]
+        self._bounds_ns = [round(b * 1e9) for b in metric.buckets[:-1]]
         self._count = metric.offset + len(metric.buckets)
         self._sum = self._count + 1
 

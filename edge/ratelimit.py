@@ -1,4 +1,8 @@
-"""Per-client-IP token buckets (per worker process), bounded in memory."""
+"""Per-client-IP token buckets (per worker process), bounded in memory.
+
+Times come from a monotonic clock: a wall-clock step backwards must not drain
+every bucket.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +28,8 @@ class IpRateLimiter:
                 self._sweep(now)
             self._buckets[ip] = [self._burst - 1.0, now]
             return True
-        tokens = bucket[0] + (now - bucket[1]) * self._rate
+        elapsed = now - bucket[1]
+        tokens = bucket[0] + (elapsed if elapsed > 0 else 0.0) * self._rate
         if tokens > self._burst:
             tokens = self._burst
         bucket[1] = now
@@ -38,5 +43,8 @@ class IpRateLimiter:
         # A bucket idle long enough to be full again holds no state worth keeping.
         refill = self._burst / self._rate
         self._buckets = {ip: b for ip, b in self._buckets.items() if now - b[1] < refill}
-        if len(self._buckets) >= self._max:
+        # A sweep that frees little would run again after a few new addresses,
+        # a full pass each time: forgetting everyone is cheaper, and only
+        # forgives clients that were being limited.
+        if len(self._buckets) >= self._max * 3 // 4:
             self._buckets.clear()

@@ -161,8 +161,7 @@ class RedirectEndpoint:
         ip: str = client[0] if client else ""
         if self._hops:
             ip = _forwarded_ip(headers.get(b"x-forwarded-for", b""), self._hops) or ip
-        now_ns = time.time_ns()
-        now_ms = now_ns // 1_000_000
+        now_ms = time.time_ns() // 1_000_000
 
         if method != "GET" and method != "HEAD":
             await self._refuse(send, Verdict.MALFORMED, f"method {method[:10]} not allowed",
@@ -175,6 +174,11 @@ class RedirectEndpoint:
                                query, headers, ip, now_ms, status=400)
             self._done(started, Verdict.MALFORMED)
             return
+        # Before verification: a flooding client must not cost us HMACs either.
+        if self._rate_limited and not self._limiter.allow(ip, time.monotonic()):
+            await self._too_many(send, query, now_ms, ip, headers)
+            self._done(started, Verdict.RATE_LIMITED)
+            return
         link = self._links.get(query)
         if link is None:
             found = self._lookup(query)
@@ -185,15 +189,6 @@ class RedirectEndpoint:
                 return
             link = found
 
-        if self._rate_limited and not self._limiter.allow(ip, now_ns / 1e9):
-            self._emit(link, Verdict.RATE_LIMITED, "per-IP rate limit", now_ms, "", ip, headers)
-            await send({"type": "http.response.start", "status": 429, "headers": [
-                (b"retry-after", b"1"), _NO_STORE, (b"content-type", b"text/plain"),
-                (b"content-length", b"18"), *self._verdict(Verdict.RATE_LIMITED)]})
-            await send({"type": "http.response.body", "body": b"too many requests\n"})
-            self._done(started, Verdict.RATE_LIMITED)
-            return
-
         if link.expires_at * 1000 <= now_ms:
             verdict, reason = Verdict.EXPIRED, "link expired"
         else:
@@ -203,7 +198,8 @@ class RedirectEndpoint:
                 or self._requesters.bot_reason(headers.get(b"user-agent", b""))
             verdict, reason = (Verdict.BOT, bot) if bot else (Verdict.VALID, "")
         if verdict is not Verdict.VALID:
-            self._emit(link, verdict, reason, now_ms, self._visitor(headers) or "", ip, headers)
+            self._emit(link.event, verdict, reason, now_ms, self._visitor(headers) or "", ip,
+                       headers)
             await send({"type": "http.response.start", "status": 302, "headers": [
                 (b"location", link.plain_location), _NO_STORE, _EMPTY, *self._verdict(verdict)]})
             await send(_BODY_END)
@@ -219,8 +215,8 @@ class RedirectEndpoint:
         first = self._dedup.get(key, now_ms)
         if first is not None:
             verdict = Verdict.DUPLICATE
-            self._emit(link, verdict, f"repeat of {first.click_id}", now_ms, first.buyer_key, ip,
-                       headers)
+            self._emit(link.event, verdict, f"repeat of {first.click_id}", now_ms,
+                       first.buyer_key, ip, headers)
             location, set_cookie = first.location, first.set_cookie
         else:
             click_id = new_click_id(now_ms)
@@ -235,7 +231,7 @@ class RedirectEndpoint:
             if visitor is None:
                 # The reload will carry the cookie this answer sets.
                 self._dedup.remember((buyer, link.sig), first, now_ms)
-            self._emit(link, verdict, "", now_ms, buyer, ip, headers, click_id)
+            self._emit(link.event, verdict, "", now_ms, buyer, ip, headers, click_id)
         await send({"type": "http.response.start", "status": 302, "headers": [
             (b"location", location), (b"set-cookie", set_cookie), _NO_STORE, _EMPTY,
             *self._verdict(verdict)]})
@@ -271,9 +267,9 @@ class RedirectEndpoint:
             at = cookies.find(name, at + 1)
         return None
 
-    def _emit(self, link: CachedLink, verdict: Verdict, reason: str, now_ms: int, buyer: str,
+    def _emit(self, base: dict[str, Any], verdict: Verdict, reason: str, now_ms: int, buyer: str,
               ip: str, headers: dict[bytes, bytes], click_id: str | None = None) -> None:
-        event = link.event.copy()
+        event = base.copy()
         event["click_id"] = click_id or new_click_id(now_ms)
         event["ts"] = now_ms
         event["verdict"] = verdict.value
@@ -283,6 +279,17 @@ class RedirectEndpoint:
         event["user_agent"] = _text(headers.get(b"user-agent", b""), MAX_USER_AGENT)
         event["referer"] = _text(headers.get(b"referer", b""), MAX_REFERER)
         self._submit((now_ms, buyer.encode() if buyer else None, orjson.dumps(event)))
+
+    async def _too_many(self, send: Send, query: bytes, now_ms: int, ip: str,
+                        headers: dict[bytes, bytes]) -> None:
+        link = self._links.get(query) or self._old_links.get(query)
+        base = link.event if link is not None else {
+            "version": SCHEMA_VERSION, "raw_query": _text(query, MAX_RAW_QUERY)}
+        self._emit(base, Verdict.RATE_LIMITED, "per-IP rate limit", now_ms, "", ip, headers)
+        await send({"type": "http.response.start", "status": 429, "headers": [
+            (b"retry-after", b"1"), _NO_STORE, (b"content-type", b"text/plain"),
+            (b"content-length", b"18"), *self._verdict(Verdict.RATE_LIMITED)]})
+        await send({"type": "http.response.body", "body": b"too many requests\n"})
 
     async def _refuse(self, send: Send, verdict: Verdict, reason: str, check: LinkCheck | None,
                       query: bytes, headers: dict[bytes, bytes], ip: str, now_ms: int,
@@ -299,8 +306,9 @@ class RedirectEndpoint:
         self._submit((now_ms, buyer.encode() if buyer else None, orjson.dumps(event)))
         extra = self._verdict(verdict)
         if self._safe_landing and status is None:
-            sep = "&" if "?" in self._safe_landing else "?"
-            location = f"{self._safe_landing}{sep}reason={verdict.value}".encode("ascii")
+            base, mark, fragment = self._safe_landing.partition("#")
+            sep = "&" if "?" in base else "?"
+            location = f"{base}{sep}reason={verdict.value}{mark}{fragment}".encode("ascii")
             await send({"type": "http.response.start", "status": 302,
                         "headers": [(b"location", location), _NO_STORE, _EMPTY, *extra]})
             await send(_BODY_END)
@@ -326,6 +334,11 @@ def _forwarded_ip(header: bytes, hops: int) -> str | None:
     if len(parts) < hops:
         return None
     candidate = parts[-hops].strip()
+    # Some proxies append the client port; one client must be one bucket.
+    if candidate.startswith(b"["):
+        candidate = candidate[1:].partition(b"]")[0]
+    elif candidate.count(b":") == 1:
+        candidate = candidate.partition(b":")[0]
     if not candidate or len(candidate) > 45 or not candidate.isascii():
         return None
     return candidate.decode("ascii")

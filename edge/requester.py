@@ -16,11 +16,15 @@ from collections.abc import Iterable
 DEFAULT_BOT_PATTERNS: tuple[str, ...] = (
     "bot", "crawler", "spider", "slurp", "preview", "facebookexternalhit", "facebookcatalog",
     "whatsapp", "skypeuripreview", "embedly", "iframely", "quora link preview",
-    "pinterest", "vkshare", "w3c_validator", "outbrain", "nuzzel", "bitlypreview",
+    "vkshare", "w3c_validator", "outbrain", "nuzzel", "bitlypreview",
     "google-pagerenderer", "google-read-aloud", "feedfetcher", "mediapartners-google",
     "headlesschrome", "phantomjs", "lighthouse", "pingdom", "uptimerobot", "statuscake",
     "httrack", "wget", "scrapy", "go-http-client", "okhttp", "java/", "libwww",
+    "python-requests", "python-urllib", "python-httpx", "aiohttp", "node-fetch", "axios/",
 )
+# Only the head of a User-Agent is matched and remembered: the cache stays
+# bounded in bytes whatever header sizes the server admits.
+_UA_PREFIX = 512
 # The Sec-Fetch-Dest of a top-level navigation.  Anything else (image, iframe,
 # script, and "empty" for fetch()/XHR) is some page loading our link for itself.
 # Browsers too old to send the header are let through.
@@ -44,6 +48,7 @@ class RequesterFilter:
 
     def bot_reason(self, user_agent: bytes) -> str | None:
         """Why this User-Agent is not a buyer, or None if it may be one."""
+        user_agent = user_agent[:_UA_PREFIX]
         cache = self._cache
         reason = cache.get(user_agent, False)
         if reason is not False:

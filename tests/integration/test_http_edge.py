@@ -330,7 +330,7 @@ CASES: list[Case] = [
             hand_signed("https://evil.com/", secret=EVIL_KEY)),
     Case("unknown-kid", hand_signed("https://evil.com/", kid="k9", secret=EVIL_KEY),
          "refuse", "unknown_key", 403),
-    Case("empty-kid", replace_param(VALID, "kid", ""), "refuse", "unknown_key", 403),
+    Case("empty-kid", replace_param(VALID, "kid", ""), "refuse", "malformed", 400),
     malformed("sig-63-hex", replace_param(VALID, "sig", SIG[:-1])),
     malformed("sig-65-hex", replace_param(VALID, "sig", SIG + "0")),
     malformed("sig-not-hex", replace_param(VALID, "sig", "zz" * 32)),
