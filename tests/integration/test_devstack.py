@@ -276,3 +276,24 @@ async def test_local_stack_sync_start_inside_event_loop(tmp_path: Path) -> None:
     finally:
         stack.stop()
     assert not stack.broker.alive
+
+
+def test_without_redis_server_on_path_the_embedded_server_is_used(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine without redis-server gets a pip-installed valkey-server instead."""
+    from devstack import redis_server as rs
+
+    monkeypatch.delenv("CPS_DEV_REDIS_SERVER", raising=False)
+    monkeypatch.setattr("devstack.redis_server.shutil.which", lambda name: None)
+    binary = rs.redis_server_binary()
+    assert binary.endswith("valkey-server")
+    monkeypatch.setenv("CPS_DEV_REDIS_SERVER", binary)
+    server = rs.RedisServer(data_dir=tmp_path / "data", log_dir=tmp_path).start()
+    try:
+        client = redis.Redis.from_url(server.url)
+        client.xadd("s", {"n": 1})
+        server.kill()
+        server.restart()
+        assert redis.Redis.from_url(server.url).xlen("s") == 1
+    finally:
+        server.stop()
