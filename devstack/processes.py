@@ -289,3 +289,65 @@ class ManagedProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class ManagedServer:
+    """Lifecycle shared by the servers in this package: one process plus a readiness probe.
+
+    Subclasses build ``self.process`` and ``self.start_timeout`` and say when the
+    server is usable in ``_ready``.
+    """
+
+    process: ManagedProcess
+    start_timeout: float
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
+    def _before_start(self) -> None:
+        """Hook for preparing files and directories before each (re)start."""
+
+    @property
+    def alive(self) -> bool:
+        return self.process.alive
+
+    @property
+    def log_path(self) -> Path:
+        return self.process.log_path
+
+    def start(self) -> Self:
+        self._before_start()
+        self.process.start(ready=self._ready, timeout=self.start_timeout)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        return self.process.stop(timeout)
+
+    def kill(self) -> int | None:
+        """SIGKILL: a crash with no chance to flush anything."""
+        return self.process.kill()
+
+    def restart(self) -> Self:
+        """Start again on the same port and state (stopping it first if up)."""
+        if self.process.alive:
+            self.process.stop()
+        return self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open, requests time out (a hung server)."""
+        self.process.pause()
+
+    def resume(self) -> None:
+        self.process.resume()
+
+    def __enter__(self) -> Self:
+        # Already started (``with X(...).start() as x:``) is fine too.
+        return self if self.alive else self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -8,14 +8,13 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import TracebackType
-from typing import Literal, Self
+from typing import Literal
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from devstack.processes import LOOPBACK, ManagedProcess, ServiceStartError, free_port
+from devstack.processes import LOOPBACK, ManagedProcess, ManagedServer, ServiceStartError, free_port
 
 AppendFsync = Literal["always", "everysec", "no"]
 
@@ -85,7 +84,7 @@ def redis_ping(port: int, timeout: float = 0.5) -> bool:
         client.close()
 
 
-class RedisServer:
+class RedisServer(ManagedServer):
     """``redis-server`` with its data in ``data_dir``.
 
     The defaults (AOF on, ``appendfsync always``) make every acknowledged write
@@ -135,49 +134,10 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://{LOOPBACK}:{self.port}/0"
 
-    @property
-    def alive(self) -> bool:
-        return self.process.alive
-
-    @property
-    def log_path(self) -> Path:
-        return self.process.log_path
-
-    def start(self) -> Self:
-        """Start the server and wait until PING succeeds (i.e. the AOF is loaded)."""
+    def _before_start(self) -> None:
         # redis-server refuses to start when --dir does not exist.
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.process.start(ready=lambda: redis_ping(self.port), timeout=self.start_timeout)
-        return self
 
-    def stop(self, timeout: float = 10.0) -> int | None:
-        return self.process.stop(timeout)
-
-    def kill(self) -> int | None:
-        """SIGKILL: with AOF ``always`` every acknowledged write survives this."""
-        return self.process.kill()
-
-    def restart(self) -> Self:
-        """Start again on the same port and data directory (stopping it first if up)."""
-        if self.process.alive:
-            self.process.stop()
-        return self.start()
-
-    def pause(self) -> None:
-        """SIGSTOP: connections still open, commands time out (a hung server)."""
-        self.process.pause()
-
-    def resume(self) -> None:
-        self.process.resume()
-
-    def __enter__(self) -> Self:
-        # Already started (``with X(...).start() as x:``) is fine too.
-        return self if self.alive else self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _ready(self) -> bool:
+        # PING succeeds only once the AOF is loaded.
+        return redis_ping(self.port)

@@ -6,10 +6,9 @@ import contextlib
 import http.client
 import sys
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
-from devstack.processes import LOOPBACK, ManagedProcess, ServiceStartError, free_port
+from devstack.processes import LOOPBACK, ManagedProcess, ManagedServer, ServiceStartError, free_port
 
 # moto accepts any credentials; these only have to be the same everywhere.
 S3_ACCESS_KEY = "x"
@@ -41,7 +40,7 @@ def _answers_http(port: int) -> bool:
     return True
 
 
-class LocalS3:
+class LocalS3(ManagedServer):
     """``moto_server`` on a loopback port; state lives only in its memory."""
 
     def __init__(
@@ -63,17 +62,9 @@ class LocalS3:
     def endpoint(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
 
-    @property
-    def alive(self) -> bool:
-        return self.process.alive
-
-    def start(self) -> Self:
-        """Start moto and wait until it answers HTTP (its imports take a second or two)."""
-        self.process.start(ready=lambda: _answers_http(self.port), timeout=self.start_timeout)
-        return self
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        return self.process.stop(timeout)
+    def _ready(self) -> bool:
+        # moto's imports take a second or two before it answers HTTP.
+        return _answers_http(self.port)
 
     def client(self) -> Any:
         """A boto3 S3 client for this server."""
@@ -95,15 +86,3 @@ class LocalS3:
         s3 = self.client()
         with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
             s3.create_bucket(Bucket=name)
-
-    def __enter__(self) -> Self:
-        # Already started (``with X(...).start() as x:``) is fine too.
-        return self if self.alive else self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

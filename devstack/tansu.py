@@ -7,10 +7,9 @@ import os
 import socket
 import struct
 from pathlib import Path
-from types import TracebackType
-from typing import Literal, Self
+from typing import Literal
 
-from devstack.processes import LOOPBACK, ManagedProcess, ServiceStartError, free_port
+from devstack.processes import LOOPBACK, ManagedProcess, ManagedServer, ServiceStartError, free_port
 from devstack.s3 import S3_ACCESS_KEY, S3_REGION
 
 TansuStorage = Literal["memory", "s3"]
@@ -97,7 +96,7 @@ def kafka_metadata_ok(host: str, port: int, timeout: float = 1.0) -> bool:
     return False
 
 
-class TansuBroker:
+class TansuBroker(ManagedServer):
     """A Tansu broker on a loopback port, with memory or S3 storage.
 
     Memory storage is fastest but dies with the process. S3 storage (pointed at
@@ -169,49 +168,5 @@ class TansuBroker:
         """``host:port`` for ``bootstrap_servers``."""
         return f"{LOOPBACK}:{self.port}"
 
-    @property
-    def alive(self) -> bool:
-        return self.process.alive
-
-    @property
-    def log_path(self) -> Path:
-        return self.process.log_path
-
     def _ready(self) -> bool:
         return kafka_metadata_ok(LOOPBACK, self.port)
-
-    def start(self) -> Self:
-        """Start the broker and wait until it answers Kafka Metadata requests."""
-        self.process.start(ready=self._ready, timeout=self.start_timeout)
-        return self
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        return self.process.stop(timeout)
-
-    def kill(self) -> int | None:
-        """SIGKILL: a crash with no chance to flush anything."""
-        return self.process.kill()
-
-    def restart(self) -> Self:
-        """Start again on the same port with the same storage (stopping it first if up)."""
-        if self.process.alive:
-            self.process.stop()
-        return self.start()
-
-    def pause(self) -> None:
-        self.process.pause()
-
-    def resume(self) -> None:
-        self.process.resume()
-
-    def __enter__(self) -> Self:
-        # Already started (``with X(...).start() as x:``) is fine too.
-        return self if self.alive else self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -59,6 +59,26 @@ async def metrics_until(edge: EdgeProcess, what: str, cond: Callable[[Metrics], 
     return await asyncio.to_thread(edge.wait_for, what, cond, timeout)
 
 
+class BackgroundLoad:
+    """Clicks from many buyers in the background until ``finish``."""
+
+    def __init__(self, edge: EdgeProcess, keys: Keys, concurrency: int = 8) -> None:
+        self._stop = asyncio.Event()
+        self.result = LoadResult()
+        self._task = asyncio.create_task(click_load(
+            edge.port, links(keys), concurrency=concurrency, stop=self._stop, result=self.result))
+
+    async def more(self, n: int, what: str) -> None:
+        """Wait for ``n`` more answers."""
+        target = len(self.result.responses) + n
+        await until(lambda: len(self.result.responses) >= target, f"{n} clicks {what}")
+
+    async def finish(self) -> LoadResult:
+        self._stop.set()
+        await self._task
+        return self.result
+
+
 def drained(m: Metrics) -> bool:
     return (m['cps_edge_delivery_mode{mode="kafka"}'] == 1
             and m["cps_edge_fallback_pending_records"] == 0
@@ -109,29 +129,23 @@ async def test_broker_then_redis_killed_mid_load_nothing_lost(
         edge_factory: Callable[..., EdgeProcess]) -> None:
     s = durable_stack
     edge = edge_factory(s).start()
-    stop, result = asyncio.Event(), LoadResult()
-    load = asyncio.create_task(click_load(edge.port, links(keys), concurrency=8, stop=stop,
-                                          result=result))
-    await until(lambda: len(result.responses) >= 800, "800 clicks before the kill")
+    load = BackgroundLoad(edge, keys)
+    await load.more(800, "before the kill")
 
     s.broker.kill()
     await metrics_until(edge, "clicks parked in Redis", lambda m: m[DELIVERED % "redis"] > 0)
     parked = redis.Redis.from_url(s.redis.url).xlen(CLICK_FALLBACK_STREAM)
     assert parked > 0, "the fallback stream holds the clicks while Kafka is dead"
-    n = len(result.responses)
-    await until(lambda: len(result.responses) >= n + 800, "800 clicks with Kafka dead")
+    await load.more(800, "with Kafka dead")
 
     s.redis.kill()
     await metrics_until(edge, "clicks spooled to disk", lambda m: m[DELIVERED % "spool"] > 0)
-    n = len(result.responses)
-    await until(lambda: len(result.responses) >= n + 800, "800 clicks with Kafka and Redis dead")
+    await load.more(800, "with Kafka and Redis dead")
 
     s.redis.restart()
     s.broker.restart()
-    n = len(result.responses)
-    await until(lambda: len(result.responses) >= n + 500, "500 clicks after recovery")
-    stop.set()
-    await load
+    await load.more(500, "after recovery")
+    result = await load.finish()
 
     assert not result.errors, result.errors[:5]
     assert set(result.by_status()) == {302}, "every request got its redirect, outage or not"
@@ -170,17 +184,13 @@ async def test_sigterm_mid_load_with_everything_down_loses_nothing(
     """Shutdown spools what it cannot deliver; the next edge process drains it."""
     s = durable_stack
     edge = edge_factory(s).start()
-    stop, result = asyncio.Event(), LoadResult()
-    load = asyncio.create_task(click_load(edge.port, links(keys), concurrency=8, stop=stop,
-                                          result=result))
-    await until(lambda: len(result.responses) >= 500, "500 clicks")
+    load = BackgroundLoad(edge, keys)
+    await load.more(500, "first")
     s.broker.kill()
     s.redis.kill()
-    n = len(result.responses)
-    await until(lambda: len(result.responses) >= n + 500, "500 clicks with everything down")
+    await load.more(500, "with everything down")
     code = await asyncio.to_thread(edge.stop)
-    stop.set()
-    await load
+    result = await load.finish()
     assert code in (0, -15), edge.log()  # uvicorn re-raises SIGTERM after a clean shutdown
     assert "flushing" in edge.log()
     sent = result.valid_click_ids
@@ -202,13 +212,10 @@ async def test_sigterm_mid_load_with_everything_down_loses_nothing(
 async def test_sigterm_mid_load_flushes_to_kafka(stack: LocalStack, keys: Keys,
                                                  edge_factory: Callable[..., EdgeProcess]) -> None:
     edge = edge_factory(stack).start()
-    stop, result = asyncio.Event(), LoadResult()
-    load = asyncio.create_task(click_load(edge.port, links(keys), concurrency=16, stop=stop,
-                                          result=result))
-    await until(lambda: len(result.responses) >= 2000, "2000 clicks")
+    load = BackgroundLoad(edge, keys, concurrency=16)
+    await load.more(2000, "before SIGTERM")
     code = await asyncio.to_thread(edge.stop)
-    stop.set()
-    await load
+    result = await load.finish()
     assert code in (0, -15)
     sent = result.valid_click_ids
     records = await read_topic(stack.broker.bootstrap, CLICKS_TOPIC, timeout=30)
