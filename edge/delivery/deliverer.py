@@ -98,6 +98,9 @@ class Deliverer:
         self.spool.claim_orphans()
         if await self.kafka.start() and self.spool.is_empty():
             self._set_mode(fallback=False)
+        else:
+            # Readiness must tell the truth from the first request on.
+            self.redis_ok = await self.fallback.ping()
         self._tasks = [asyncio.create_task(self._delivery_loop(), name="cps-delivery"),
                        asyncio.create_task(self._drain_loop(), name="cps-drain")]
 
