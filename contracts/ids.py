@@ -10,6 +10,7 @@ cookie seal.
 from __future__ import annotations
 
 import base64
+import binascii
 import os
 import time
 
@@ -62,6 +63,16 @@ def click_id_ms(click_id: str) -> int:
 def new_visitor_id() -> str:
     """22 url-safe chars carrying 128 random bits."""
     return base64.urlsafe_b64encode(POOL.take(16))[:22].decode("ascii")
+
+
+URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
+def new_click_and_visitor(now_ms: int) -> tuple[str, str]:
+    """``new_click_id(now_ms)`` and ``new_visitor_id()`` from one draw (the redirect's path)."""
+    r = POOL.take(24)
+    visitor = binascii.b2a_base64(r[8:], newline=False).translate(URLSAFE)[:22]
+    return f"{now_ms:012x}{r[:8].hex()}", visitor.decode("ascii")
 
 
 def new_nonce() -> bytes:

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+
+_c_murmur2: Callable[[bytes, int], int] | None
+try:
+    from murmurhash2 import murmurhash2 as _c_murmur2
+except ImportError:  # pragma: no cover - the wheel is a declared dependency
+    _c_murmur2 = None
 
 # Kafka topics.  The version suffix changes only with an incompatible schema.
 CLICKS_TOPIC = "cps.clicks.v1"
@@ -17,16 +24,17 @@ CLICK_FALLBACK_GROUP = "cps-click-drain"
 
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
+_SEED = 0x9747B28C
 
 
 def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 (Java ``Utils.murmur2``): the default partitioner's hash.
+    """Kafka's murmur2 (Java ``Utils.murmur2``) in pure Python: the reference.
 
-    Same result as the reference implementation; unpacking the words in one
-    call makes it about twice as fast, which matters on a per-click path.
+    ``partition_for`` uses the C implementation of the same function (tests
+    check they agree); this one documents it and stands in without the wheel.
     """
     length = len(data)
-    h = 0x9747B28C ^ length
+    h = _SEED ^ length
     n4 = length // 4
     for k in struct.unpack_from(f"<{n4}I", data):
         k = (k * _M) & _MASK
@@ -54,4 +62,5 @@ def partition_for(key: bytes, partitions: int) -> int:
     Clicks keyed by buyer land where a Java/Kafka Streams producer keyed by the
     same buyer would, so downstream joins on buyer stay co-partitioned.
     """
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    h = _c_murmur2(key, _SEED) if _c_murmur2 is not None else murmur2(key)
+    return (h & 0x7FFFFFFF) % partitions

@@ -62,7 +62,8 @@ def serve(host: str, port: int, workers: int, log_level: str) -> int:
     import uvicorn
 
     uvicorn.run(
-        "edge.app:create_app", factory=True, host=host, port=port, workers=workers,
+        "edge.app:create_app", factory=True, interface="asgi3", host=host, port=port,
+        workers=workers,
         loop="uvloop", http="httptools", lifespan="on", log_level=log_level,
         access_log=False, server_header=False, proxy_headers=False,
         timeout_graceful_shutdown=10, timeout_keep_alive=30)

@@ -1,53 +1,69 @@
 """Repeat clicks: the same buyer on the same link within a window is a ``duplicate``.
 
-A duplicate gets exactly the answer the first click got (same click id in the
-Location, same sealed cookie), so double taps and reloads are harmless, and
-its event is recorded as ``duplicate`` (not billable).  Per worker process and
-bounded: the oldest entries are forgotten first.
+A duplicate is answered with the first click's click id and attribution (the
+cookie is sealed again, so its bytes differ but it unseals to the same
+content), so double taps and reloads are harmless, and its event is recorded
+as ``duplicate`` (not billable).
+
+A fixed-size direct-mapped table per worker: slot = hash of (buyer, link);
+the slot keeps the full 64-bit hash (so a different buyer never matches) and
+the 50 characters of click id + visitor id.  A newer click landing in an
+occupied slot overwrites it: under extreme load some repeats are then counted
+as new clicks, but memory stays fixed and no operation ever rehashes or frees
+a big structure (which would stall the event loop).
 """
 
 from __future__ import annotations
 
-from collections import deque
-from typing import NamedTuple
+from array import array
+
+from contracts.ids import click_id_ms
+
+CLICK_ID_LEN = 28
 
 
-class FirstClick(NamedTuple):
-    expires_ms: int
-    click_id: str
-    buyer_key: str
-    location: bytes
-    set_cookie: bytes
+def _table_size(entries: int) -> int:
+    size = 1
+    while size < entries:
+        size <<= 1
+    return size
 
 
 class DuplicateWindow:
-    __slots__ = ("_entries", "_max", "_order", "window_ms")
+    __slots__ = ("_keys", "_mask", "_values", "window_ms")
 
     def __init__(self, window_s: int, max_entries: int) -> None:
         self.window_ms = window_s * 1000
-        self._max = max_entries
-        self._entries: dict[tuple[str, str], FirstClick] = {}
-        # Insertion order is expiry order (one window for all), so expiry is a popleft.
-        self._order: deque[tuple[int, tuple[str, str]]] = deque()
+        size = _table_size(max_entries) if window_s else 1
+        self._mask = size - 1
+        self._keys = array("q", bytes(8 * size))
+        self._values: list[str] = [""] * size
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return sum(1 for v in self._values if v)
 
-    def get(self, key: tuple[str, str], now_ms: int) -> FirstClick | None:
-        first = self._entries.get(key)
-        if first is None or first.expires_ms <= now_ms:
+    def get(self, key: int, now_ms: int) -> tuple[str, str] | None:
+        """(click id, visitor id) of the first click under ``key`` still in the window."""
+        i = key & self._mask
+        found = self._values[i]
+        # An empty slot holds key 0, which a real hash can equal: check the value.
+        if not found or self._keys[i] != key:
             return None
-        return first
+        click_id = found[:CLICK_ID_LEN]
+        if click_id_ms(click_id) + self.window_ms <= now_ms:
+            return None
+        return click_id, found[CLICK_ID_LEN:]
 
-    def remember(self, key: tuple[str, str], first: FirstClick, now_ms: int) -> None:
+    def remember(self, key: int, click_id: str, visitor_id: str,
+                 alias: int | None = None) -> None:
+        """Remember a first click under ``key`` (and ``alias``, another name of the buyer)."""
         if not self.window_ms:
             return
-        order = self._order
-        entries = self._entries
-        while order and (order[0][0] <= now_ms or len(entries) >= self._max):
-            expires, old = order.popleft()
-            current = entries.get(old)
-            if current is not None and current.expires_ms == expires:
-                del entries[old]
-        entries[key] = first
-        order.append((first.expires_ms, key))
+        value = click_id + visitor_id
+        i = key & self._mask
+        self._keys[i] = key
+        self._values[i] = value
+        if alias is not None:
+            i = alias & self._mask
+            self._keys[i] = alias
+            self._values[i] = value

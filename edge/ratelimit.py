@@ -1,50 +1,45 @@
-"""Per-client-IP token buckets (per worker process), bounded in memory.
+"""Per-client-IP rate limit (per worker process): GCRA in a fixed table of floats.
 
-Times come from a monotonic clock: a wall-clock step backwards must not drain
-every bucket.
+The generic cell rate algorithm keeps each address's *theoretical arrival
+time*: a request is allowed when that time is at most ``(burst - 1) / rate``
+ahead of now, and pushes it ``1 / rate`` further: a token bucket of
+``burst`` tokens refilled at ``rate`` per second, in one float.  A stale time
+is simply in the past, so nothing ever needs expiring.
+
+Addresses index a fixed array by their (per-process randomized) hash, so
+memory is fixed and nothing is ever rehashed or swept.  Two addresses sharing
+a slot share a bucket; with a million slots that is rare, and an attacker
+cannot aim for a victim's slot without knowing the process's hash seed.
+Times come from a monotonic clock.
 """
 
 from __future__ import annotations
 
+from array import array
+
+DEFAULT_SLOTS = 1 << 20
+
 
 class IpRateLimiter:
-    __slots__ = ("_buckets", "_burst", "_max", "_rate")
+    __slots__ = ("_interval", "_mask", "_tats", "_tolerance")
 
-    def __init__(self, rate_per_s: float, burst: int, max_entries: int = 100_000) -> None:
-        self._rate = rate_per_s
-        self._burst = float(burst)
-        self._max = max_entries
-        # ip -> [tokens, last refill time]
-        self._buckets: dict[str, list[float]] = {}
+    def __init__(self, rate_per_s: float, burst: int, slots: int = DEFAULT_SLOTS) -> None:
+        self._interval = 1.0 / rate_per_s if rate_per_s > 0 else 0.0
+        self._tolerance = (burst - 1) * self._interval
+        size = 1 if rate_per_s <= 0 else 1 << max(0, (slots - 1).bit_length())
+        self._mask = size - 1
+        self._tats = array("d", bytes(8 * size))
 
     @property
     def enabled(self) -> bool:
-        return self._rate > 0
+        return self._interval > 0
 
     def allow(self, ip: str, now: float) -> bool:
-        bucket = self._buckets.get(ip)
-        if bucket is None:
-            if len(self._buckets) >= self._max:
-                self._sweep(now)
-            self._buckets[ip] = [self._burst - 1.0, now]
-            return True
-        elapsed = now - bucket[1]
-        tokens = bucket[0] + (elapsed if elapsed > 0 else 0.0) * self._rate
-        if tokens > self._burst:
-            tokens = self._burst
-        bucket[1] = now
-        if tokens < 1.0:
-            bucket[0] = tokens
+        i = hash(ip) & self._mask
+        tat = self._tats[i]
+        if tat < now:
+            tat = now
+        if tat - now > self._tolerance:
             return False
-        bucket[0] = tokens - 1.0
+        self._tats[i] = tat + self._interval
         return True
-
-    def _sweep(self, now: float) -> None:
-        # A bucket idle long enough to be full again holds no state worth keeping.
-        refill = self._burst / self._rate
-        self._buckets = {ip: b for ip, b in self._buckets.items() if now - b[1] < refill}
-        # A sweep that frees little would run again after a few new addresses,
-        # a full pass each time: forgetting everyone is cheaper, and only
-        # forgives clients that were being limited.
-        if len(self._buckets) >= self._max * 3 // 4:
-            self._buckets.clear()

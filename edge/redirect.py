@@ -30,12 +30,12 @@ from urllib.parse import quote
 import orjson
 
 from contracts.clicks import MAX_RAW_QUERY, MAX_REFERER, MAX_USER_AGENT, SCHEMA_VERSION, Verdict
-from contracts.cookie import Attribution, CookieSealer
-from contracts.ids import new_click_id, new_visitor_id
+from contracts.cookie import CookieSealer
+from contracts.ids import click_id_ms, new_click_and_visitor, new_click_id
 from contracts.links import LinkCheck, LinkVerdict, verify_query
 from contracts.records import Record
 from edge import telemetry as t
-from edge.dedup import DuplicateWindow, FirstClick
+from edge.dedup import DuplicateWindow
 from edge.ratelimit import IpRateLimiter
 from edge.requester import RequesterFilter, fetch_reason
 from edge.settings import EdgeSettings
@@ -55,20 +55,21 @@ _STATUS = {
 _BODY_END: dict[str, Any] = {"type": "http.response.body", "body": b"", "more_body": False}
 _NO_STORE = (b"cache-control", b"no-store")
 _EMPTY = (b"content-length", b"0")
+_TOO_MANY = {"type": "http.response.body", "body": b"too many requests\n"}
 
 
 @dataclass(frozen=True, slots=True)
 class CachedLink:
     """A verified link with everything a request needs, computed once."""
 
-    expires_at: int
+    expires_at_ms: int
     sig: str
     promoter_id: str
     channel_id: str
     plain_location: bytes
     location_head: bytes  # ...target?...&cps_click_id=
     location_tail: bytes  # &cps_promoter=..&cps_channel=..[#fragment]
-    event: dict[str, Any]
+    event_head: bytes  # the link's event fields as an open JSON object: b'{...,'
 
 
 def _cache_entry(check: LinkCheck) -> CachedLink:
@@ -80,20 +81,20 @@ def _cache_entry(check: LinkCheck) -> CachedLink:
     tail = (f"&{TRACKING_PARAMS[1]}={quote(link.promoter_id, safe='')}"
             f"&{TRACKING_PARAMS[2]}={quote(link.channel_id, safe='')}{hash_mark}{fragment}")
     return CachedLink(
-        expires_at=link.expires_at,
+        expires_at_ms=link.expires_at * 1000,
         sig=check.sig,
         promoter_id=link.promoter_id,
         channel_id=link.channel_id,
         plain_location=link.target.encode("ascii"),
         location_head=f"{base}{sep}{TRACKING_PARAMS[0]}=".encode("ascii"),
         location_tail=tail.encode("ascii"),
-        event=_link_fields(check),
+        event_head=_event_head(_link_fields(check)),
     )
 
 
-def _link_fields(check: LinkCheck) -> dict[str, Any]:
-    link = check.link
-    if link is None:
+def _link_fields(check: LinkCheck | None) -> dict[str, Any]:
+    link = check.link if check is not None else None
+    if check is None or link is None:
         return {"version": SCHEMA_VERSION}
     return {
         "version": SCHEMA_VERSION,
@@ -103,6 +104,14 @@ def _link_fields(check: LinkCheck) -> dict[str, Any]:
         "target": link.target, "link_sig": check.sig, "link_kid": check.kid,
         "link_exp": link.expires_at,
     }
+
+
+def _event_head(fields: dict[str, Any]) -> bytes:
+    """Fields as a JSON object left open: ``head + orjson.dumps(rest)[1:]`` is the event.
+
+    The link's dozen fields are serialized once per link instead of per click.
+    """
+    return orjson.dumps(fields)[:-1] + b","
 
 
 class RedirectEndpoint:
@@ -119,21 +128,24 @@ class RedirectEndpoint:
         self._rate_limited = self._limiter.enabled
         self._hops = settings.forwarded_hops
         self._window_ms = settings.attribution_window_s * 1000
-        self._verdict_header = settings.verdict_header
         self._safe_landing = settings.safe_landing_url
         self._cookie_key = settings.cookie_name.encode("ascii") + b"="
         attrs = f"; Max-Age={settings.attribution_window_s}; Path=/"
         if settings.cookie_domain:
             attrs += f"; Domain={settings.cookie_domain}"
         attrs += "; HttpOnly" + ("; Secure" if settings.cookie_secure else "") + "; SameSite=Lax"
-        self._cookie_head = settings.cookie_name + "="
-        self._cookie_attrs = attrs
+        self._cookie_attrs = attrs.encode("ascii")
+        # Headers that only depend on the verdict, built once.
+        self._extra = {v: ((b"x-cps-verdict", v.value.encode("ascii")),)
+                       if settings.verdict_header else () for v in Verdict}
+        self._tail = {v: (_NO_STORE, _EMPTY, *self._extra[v]) for v in Verdict}
         # Two generations approximate an LRU at O(1): a miss in `_links` that
         # hits `_old_links` is promoted; a full `_links` becomes `_old_links`.
         self._links: dict[bytes, CachedLink] = {}
         self._old_links: dict[bytes, CachedLink] = {}
         self._slots = t.REGISTRY.slots
         self._verdict_slot = {v: t.requests.index(v.value) for v in Verdict}
+        self._observe = t.request_seconds.observe_ns
 
     @property
     def cached_links(self) -> int:
@@ -166,30 +178,26 @@ class RedirectEndpoint:
         if method != "GET" and method != "HEAD":
             await self._refuse(send, Verdict.MALFORMED, f"method {method[:10]} not allowed",
                                None, query, headers, ip, now_ms, status=405)
-            self._done(started, Verdict.MALFORMED)
-            return
+            return self._done(started, Verdict.MALFORMED)
         if scope.get("http_version") == "0.9":
             # What a raw CR/LF inside the request line parses as: a smuggling attempt.
             await self._refuse(send, Verdict.MALFORMED, "request line is not HTTP/1.x", None,
                                query, headers, ip, now_ms, status=400)
-            self._done(started, Verdict.MALFORMED)
-            return
+            return self._done(started, Verdict.MALFORMED)
         # Before verification: a flooding client must not cost us HMACs either.
         if self._rate_limited and not self._limiter.allow(ip, time.monotonic()):
             await self._too_many(send, query, now_ms, ip, headers)
-            self._done(started, Verdict.RATE_LIMITED)
-            return
+            return self._done(started, Verdict.RATE_LIMITED)
         link = self._links.get(query)
         if link is None:
             found = self._lookup(query)
             if isinstance(found, LinkCheck):
-                await self._refuse(send, Verdict(found.verdict.value), found.reason, found, query,
-                                   headers, ip, now_ms)
-                self._done(started, Verdict(found.verdict.value))
-                return
+                verdict = Verdict(found.verdict.value)
+                await self._refuse(send, verdict, found.reason, found, query, headers, ip, now_ms)
+                return self._done(started, verdict)
             link = found
 
-        if link.expires_at * 1000 <= now_ms:
+        if link.expires_at_ms <= now_ms:
             verdict, reason = Verdict.EXPIRED, "link expired"
         else:
             bot = fetch_reason(method, headers.get(b"sec-fetch-dest", b""),
@@ -198,54 +206,49 @@ class RedirectEndpoint:
                 or self._requesters.bot_reason(headers.get(b"user-agent", b""))
             verdict, reason = (Verdict.BOT, bot) if bot else (Verdict.VALID, "")
         if verdict is not Verdict.VALID:
-            self._emit(link.event, verdict, reason, now_ms, self._visitor(headers) or "", ip,
-                       headers)
+            self._emit(link.event_head, verdict, reason, now_ms, self._visitor(headers) or "",
+                       ip, headers)
             await send({"type": "http.response.start", "status": 302, "headers": [
-                (b"location", link.plain_location), _NO_STORE, _EMPTY, *self._verdict(verdict)]})
+                (b"location", link.plain_location), *self._tail[verdict]]})
             await send(_BODY_END)
-            self._done(started, verdict)
-            return
+            return self._done(started, verdict)
 
         visitor = self._visitor(headers)
-        device = f"{ip}|{headers.get(b'user-agent', b'').decode('latin-1')}"
         # A buyer with a genuine cookie is known by it; without one, by address
         # and browser.  Never both: two buyers behind one NAT with the same
         # browser must not share a cookie.
-        key = (visitor or device, link.sig)
+        key = hash((visitor, link.sig)) if visitor else \
+            hash((ip, headers.get(b"user-agent", b""), link.sig))
         first = self._dedup.get(key, now_ms)
         if first is not None:
             verdict = Verdict.DUPLICATE
-            self._emit(link.event, verdict, f"repeat of {first.click_id}", now_ms,
-                       first.buyer_key, ip, headers)
-            location, set_cookie = first.location, first.set_cookie
+            click_id, buyer = first
+            click_ms = click_id_ms(click_id)
+            self._emit(link.event_head, verdict, f"repeat of {click_id}", now_ms, buyer, ip,
+                       headers)
         else:
-            click_id = new_click_id(now_ms)
-            buyer = visitor or new_visitor_id()
-            sealed = self._sealer.seal(Attribution(buyer, link.promoter_id, link.channel_id,
-                                                   click_id, now_ms, now_ms + self._window_ms))
-            set_cookie = f"{self._cookie_head}{sealed}{self._cookie_attrs}".encode("ascii")
-            location = link.location_head + click_id.encode("ascii") + link.location_tail
-            first = FirstClick(now_ms + self._dedup.window_ms, click_id, buyer, location,
-                               set_cookie)
-            self._dedup.remember(key, first, now_ms)
-            if visitor is None:
-                # The reload will carry the cookie this answer sets.
-                self._dedup.remember((buyer, link.sig), first, now_ms)
-            self._emit(link.event, verdict, "", now_ms, buyer, ip, headers, click_id)
+            click_ms = now_ms
+            if visitor:
+                click_id, buyer = new_click_id(now_ms), visitor
+            else:
+                click_id, buyer = new_click_and_visitor(now_ms)
+            # Without a cookie, also remember the buyer by the visitor id this
+            # answer hands out: the reload will carry it.
+            self._dedup.remember(key, click_id, buyer,
+                                 None if visitor else hash((buyer, link.sig)))
+            self._emit(link.event_head, verdict, "", now_ms, buyer, ip, headers, click_id)
+        set_cookie = self._cookie_key + self._sealer.seal_fields(
+            buyer, link.promoter_id, link.channel_id, click_id, click_ms,
+            click_ms + self._window_ms) + self._cookie_attrs
         await send({"type": "http.response.start", "status": 302, "headers": [
-            (b"location", location), (b"set-cookie", set_cookie), _NO_STORE, _EMPTY,
-            *self._verdict(verdict)]})
+            (b"location", link.location_head + click_id.encode("ascii") + link.location_tail),
+            (b"set-cookie", set_cookie), *self._tail[verdict]]})
         await send(_BODY_END)
-        self._done(started, verdict)
+        return self._done(started, verdict)
 
     def _done(self, started: int, verdict: Verdict) -> None:
         self._slots[self._verdict_slot[verdict]] += 1
-        t.request_seconds.observe_ns(time.perf_counter_ns() - started)
-
-    def _verdict(self, verdict: Verdict) -> tuple[tuple[bytes, bytes], ...]:
-        if not self._verdict_header:
-            return ()
-        return ((b"x-cps-verdict", verdict.value.encode("ascii")),)
+        self._observe(time.perf_counter_ns() - started)
 
     def _visitor(self, headers: dict[bytes, bytes]) -> str | None:
         """The visitor id in a genuine attribution cookie, if the request carries one."""
@@ -267,44 +270,36 @@ class RedirectEndpoint:
             at = cookies.find(name, at + 1)
         return None
 
-    def _emit(self, base: dict[str, Any], verdict: Verdict, reason: str, now_ms: int, buyer: str,
+    def _emit(self, head: bytes, verdict: Verdict, reason: str, now_ms: int, buyer: str,
               ip: str, headers: dict[bytes, bytes], click_id: str | None = None) -> None:
-        event = base.copy()
-        event["click_id"] = click_id or new_click_id(now_ms)
-        event["ts"] = now_ms
-        event["verdict"] = verdict.value
-        event["reason"] = reason
-        event["buyer_key"] = buyer
-        event["ip"] = ip
-        event["user_agent"] = _text(headers.get(b"user-agent", b""), MAX_USER_AGENT)
-        event["referer"] = _text(headers.get(b"referer", b""), MAX_REFERER)
-        self._submit((now_ms, buyer.encode() if buyer else None, orjson.dumps(event)))
+        rest = orjson.dumps({
+            "click_id": click_id or new_click_id(now_ms), "ts": now_ms, "verdict": verdict,
+            "reason": reason, "buyer_key": buyer, "ip": ip,
+            "user_agent": headers.get(b"user-agent", b"")[:MAX_USER_AGENT].decode(
+                "utf-8", "replace"),
+            "referer": headers.get(b"referer", b"")[:MAX_REFERER].decode("utf-8", "replace")})
+        self._submit((now_ms, buyer.encode() if buyer else None, head + rest[1:]))
 
     async def _too_many(self, send: Send, query: bytes, now_ms: int, ip: str,
                         headers: dict[bytes, bytes]) -> None:
         link = self._links.get(query) or self._old_links.get(query)
-        base = link.event if link is not None else {
-            "version": SCHEMA_VERSION, "raw_query": _text(query, MAX_RAW_QUERY)}
-        self._emit(base, Verdict.RATE_LIMITED, "per-IP rate limit", now_ms, "", ip, headers)
+        head = link.event_head if link is not None else _event_head(
+            {"version": SCHEMA_VERSION, "raw_query": _text(query, MAX_RAW_QUERY)})
+        self._emit(head, Verdict.RATE_LIMITED, "per-IP rate limit", now_ms, "", ip, headers)
         await send({"type": "http.response.start", "status": 429, "headers": [
             (b"retry-after", b"1"), _NO_STORE, (b"content-type", b"text/plain"),
-            (b"content-length", b"18"), *self._verdict(Verdict.RATE_LIMITED)]})
-        await send({"type": "http.response.body", "body": b"too many requests\n"})
+            (b"content-length", b"18"), *self._extra[Verdict.RATE_LIMITED]]})
+        await send(_TOO_MANY)
 
     async def _refuse(self, send: Send, verdict: Verdict, reason: str, check: LinkCheck | None,
                       query: bytes, headers: dict[bytes, bytes], ip: str, now_ms: int,
                       status: int | None = None) -> None:
-        event: dict[str, Any] = _link_fields(check) if check is not None \
-            else {"version": SCHEMA_VERSION}
+        fields = _link_fields(check)
         if check is None or check.link is None:
-            event["raw_query"] = _text(query, MAX_RAW_QUERY)
-        event.update(click_id=new_click_id(now_ms), ts=now_ms, verdict=verdict.value,
-                     reason=reason, buyer_key=self._visitor(headers) or "", ip=ip,
-                     user_agent=_text(headers.get(b"user-agent", b""), MAX_USER_AGENT),
-                     referer=_text(headers.get(b"referer", b""), MAX_REFERER))
-        buyer = event["buyer_key"]
-        self._submit((now_ms, buyer.encode() if buyer else None, orjson.dumps(event)))
-        extra = self._verdict(verdict)
+            fields["raw_query"] = _text(query, MAX_RAW_QUERY)
+        self._emit(_event_head(fields), verdict, reason, now_ms, self._visitor(headers) or "",
+                   ip, headers)
+        extra = self._extra[verdict]
         if self._safe_landing and status is None:
             base, mark, fragment = self._safe_landing.partition("#")
             sep = "&" if "?" in base else "?"
@@ -330,10 +325,13 @@ def _text(raw: bytes, limit: int) -> str:
 
 def _forwarded_ip(header: bytes, hops: int) -> str | None:
     """The client address ``hops`` proxies back in X-Forwarded-For (trusted proxies only)."""
-    parts = header.split(b",")
-    if len(parts) < hops:
-        return None
-    candidate = parts[-hops].strip()
+    if hops == 1:
+        candidate = header.rpartition(b",")[2].strip()
+    else:
+        parts = header.split(b",")
+        if len(parts) < hops:
+            return None
+        candidate = parts[-hops].strip()
     # Some proxies append the client port; one client must be one bucket.
     if candidate.startswith(b"["):
         candidate = candidate[1:].partition(b"]")[0]

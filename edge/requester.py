@@ -9,7 +9,6 @@ and browsers label such requests with ``Sec-Fetch-Dest``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
 # Lowercase substrings of User-Agent values of fetchers that are not buyers.
@@ -35,14 +34,13 @@ _UA_CACHE_MAX = 4096
 class RequesterFilter:
     """Classifies a request as a possible buyer or not; remembers recent User-Agents."""
 
-    __slots__ = ("_cache", "_pattern")
+    __slots__ = ("_cache", "_words")
 
     def __init__(self, extra_patterns: Iterable[str] = ()) -> None:
         words = [*DEFAULT_BOT_PATTERNS, *(p.strip().lower() for p in extra_patterns if p.strip())]
-        alternatives = [re.escape(w) for w in words]
-        # "bot" also ends the name of CUBOT phones, whose owners are buyers.
-        alternatives[words.index("bot")] = "(?<!cu)bot"
-        self._pattern = re.compile("|".join(alternatives))
+        # Plain substring tests: a regex alternation of these words costs ~5x more
+        # per User-Agent, since the engine tries every branch at every position.
+        self._words = tuple(w for w in dict.fromkeys(words) if w != "bot")
         # Most traffic comes from a few thousand distinct User-Agents: remember verdicts.
         self._cache: dict[bytes, str | None] = {}
 
@@ -56,12 +54,24 @@ class RequesterFilter:
         if not user_agent:
             reason = "no user agent"
         else:
-            m = self._pattern.search(user_agent.decode("latin-1").lower())
-            reason = f"user agent matches {m.group(0)!r}" if m else None
+            reason = _match(user_agent.decode("latin-1").lower(), self._words)
         if len(cache) >= _UA_CACHE_MAX:
             cache.clear()
         cache[user_agent] = reason
         return reason
+
+
+def _match(ua: str, words: tuple[str, ...]) -> str | None:
+    at = ua.find("bot")
+    while at != -1:
+        # "bot" also ends the name of CUBOT phones, whose owners are buyers.
+        if at < 2 or ua[at - 2:at] != "cu":
+            return "user agent matches 'bot'"
+        at = ua.find("bot", at + 3)
+    for word in words:
+        if word in ua:
+            return f"user agent matches {word!r}"
+    return None
 
 
 def fetch_reason(method: str, sec_fetch_dest: bytes, purpose: bytes) -> str | None:

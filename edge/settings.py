@@ -58,6 +58,7 @@ class EdgeSettings(BaseSettings):
     spool_fsync: bool = True
     buffer_max_events: PositiveInt = 50_000
     batch_max_events: PositiveInt = 2000
+    delivery_linger_ms: NonNegativeInt = 5
     probe_interval_ms: PositiveInt = 1000
     shutdown_timeout_s: PositiveInt = 20
 

@@ -41,7 +41,7 @@ log = logging.getLogger("cps.edge.delivery")
 class Deliverer:
     def __init__(self, kafka: KafkaSink, fallback: RedisFallback, spool: DiskSpool, *,
                  max_events: int, batch_events: int, probe_interval_s: float,
-                 linger_s: float = 0.002) -> None:
+                 linger_s: float = 0.005) -> None:
         self.kafka = kafka
         self.fallback = fallback
         self.spool = spool

@@ -741,7 +741,12 @@ async def test_same_buyer_same_link_is_a_duplicate_with_the_same_answer(
     assert again.verdict == "duplicate"
     assert again.status == 302
     assert again.location == first.location
-    assert again.headers["set-cookie"] == first.headers["set-cookie"]
+    # The cookie is sealed again (fresh nonce) around the same attribution.
+    sealer = CookieSealer(KEYS.cookie)
+    first_cookie, again_cookie = first.headers["set-cookie"], again.headers["set-cookie"]
+    assert again_cookie.split(";", 1)[1] == first_cookie.split(";", 1)[1]
+    assert sealer.unseal(SetCookie.parse(again_cookie).value) == \
+        sealer.unseal(SetCookie.parse(first_cookie).value)
     assert other_link.verdict == "valid"
     assert other_link.click_id != first.click_id
     assert other_ua.verdict == "valid"

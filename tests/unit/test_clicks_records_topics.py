@@ -362,3 +362,12 @@ def test_partition_for_buyer_keys() -> None:
         for n in (1, 3, 12, 64):
             parts = list(range(n))
             assert partition_for(key, n) == DefaultPartitioner()(key, parts, parts)
+
+
+def test_partitioner_uses_the_c_murmur2() -> None:
+    """The pure-Python hash is the reference; the hot path must run the C one."""
+    import contracts.topics as topics
+
+    assert topics._c_murmur2 is not None
+    for key in (b"", b"a", b"buyer-1", b"vvvvvvvvvvvvvvvvvvvvvv", bytes(range(200))):
+        assert topics._c_murmur2(key, topics._SEED) == topics.murmur2(key)
