@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--workers", type=int, default=1,
                    help="worker processes (one per core is the usual choice)")
+    s.add_argument("--server", choices=("granian", "uvicorn"), default="granian",
+                   help="ASGI server (granian measured faster: bench/RESULTS.md)")
     sub.add_parser("check-config", help="validate the CPS_* environment and exit")
     return p
 
@@ -55,10 +57,27 @@ def main(argv: list[str] | None = None) -> int:
         metrics_dir = settings.metrics_dir
     if metrics_dir is not None:
         shutil.rmtree(metrics_dir, ignore_errors=True)
-    return serve(args.host, args.port, args.workers, settings.log_level)
+    if args.server == "uvicorn":
+        return serve_uvicorn(args.host, args.port, args.workers, settings.log_level)
+    return serve_granian(args.host, args.port, args.workers, settings.log_level)
 
 
-def serve(host: str, port: int, workers: int, log_level: str) -> int:
+def serve_granian(host: str, port: int, workers: int, log_level: str) -> int:
+    from granian import Granian
+    from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.log import LogLevels
+
+    Granian(
+        "edge.app:create_app", factory=True, address=host, port=port, workers=workers,
+        interface=Interfaces.ASGI, loop=Loops.uvloop, http=HTTPModes.http1, websockets=False,
+        log_level=LogLevels(log_level), log_access=False, respawn_failed_workers=True,
+        # Graceful shutdown flushes clicks; give it the time it may need.
+        workers_kill_timeout=60,
+    ).serve()
+    return 0
+
+
+def serve_uvicorn(host: str, port: int, workers: int, log_level: str) -> int:
     import uvicorn
 
     uvicorn.run(

@@ -58,7 +58,8 @@ class EdgeProcess:
     """``cps-edge serve`` in a child process with a test environment."""
 
     def __init__(self, tmp: Path, keys: Keys, *, kafka: str, redis: str,
-                 env: dict[str, str] | None = None, workers: int = 1) -> None:
+                 env: dict[str, str] | None = None, workers: int = 1,
+                 server: str = "granian") -> None:
         self.port = free_port()
         self.tmp = tmp
         self.env = {
@@ -79,7 +80,7 @@ class EdgeProcess:
         }
         self.proc = ManagedProcess(
             [sys.executable, "-m", "edge.cli", "serve", "--port", str(self.port),
-             "--workers", str(workers)],
+             "--workers", str(workers), "--server", server],
             log_path=tmp / f"edge-{self.port}.log", env=self.env, name="edge")
 
     @property
