@@ -4,6 +4,8 @@
 set -euo pipefail
 source "$(dirname "$0")/scripts/venv.sh"
 cd "$ROOT"
+# promtool/prometheus check the shipped alert rules and dashboard queries.
+need_debian_package promtool prometheus
 echo "== ruff"; ruff check .
 echo "== mypy"; mypy
 echo "== pytest"; exec pytest "$@"

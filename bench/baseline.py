@@ -33,3 +33,22 @@ async def app(scope: MutableMapping[str, Any], receive: Callable[[], Awaitable[A
                 return
     await send(_START)
     await send(_BODY)
+
+
+def main() -> int:
+    """``python -m bench.baseline --server S --port N``: serve it like the edge is served."""
+    import argparse
+
+    from edge.cli import serve
+
+    p = argparse.ArgumentParser(prog="python -m bench.baseline")
+    p.add_argument("--server", choices=("granian", "uvicorn"), default="granian")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8001)
+    args = p.parse_args()
+    return serve(args.server, "bench.baseline:app", factory=False, host=args.host,
+                 port=args.port, workers=1, log_level="warning")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -116,14 +117,26 @@ async def read_topic(
     *,
     timeout: float,  # noqa: ASYNC109 - sizes request timeouts too
 ) -> list[Any]:
-    """Every record in ``topic`` right now, from the beginning of each partition.
+    """Every record in ``topic`` now, by partition then offset (see ``scan_topic``)."""
+    records: list[Any] = []
+    await scan_topic(bootstrap, topic, records.append, timeout=timeout)
+    return sorted(records, key=lambda r: (r.partition, r.offset))
 
-    The end of each partition is snapshotted when reading starts (its
-    ``end_offsets``, corrected by the first fetch's high watermark); records
-    produced after that are not returned, so a count is stable even while
-    producers keep writing. No consumer group is used, so nothing is committed
-    and concurrent readers do not interfere.
-    Records come back ordered by partition, then offset. Raises
+
+async def scan_topic(
+    bootstrap: str,
+    topic: str,
+    visit: Callable[[Any], None],
+    *,
+    timeout: float,  # noqa: ASYNC109 - sizes request timeouts too
+) -> int:
+    """Call ``visit`` on every record in ``topic`` right now; returns how many.
+
+    Reads each partition from its beginning to its end as snapshotted when
+    reading starts (``end_offsets``, corrected by the first fetch's high
+    watermark), so a count is stable while producers keep writing, and keeps
+    nothing itself: fit for millions of records. No consumer group is used, so
+    nothing is committed and concurrent readers do not interfere. Raises
     ``TopicNotFoundError`` for an unknown topic rather than letting the broker
     auto-create it, and ``TimeoutError`` if the records are not all read in time.
     """
@@ -134,8 +147,9 @@ async def read_topic(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         request_timeout_ms=max(int(timeout * 1000), 1000),
+        max_partition_fetch_bytes=8 * 1024 * 1024,
     )
-    records: dict[TopicPartition, list[Any]] = {}
+    seen = 0
     try:
         async with asyncio.timeout(timeout):
             await consumer.start()
@@ -148,7 +162,6 @@ async def read_topic(
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             end = await consumer.end_offsets(tps)
-            records = {tp: [] for tp in tps}
             pending = {tp for tp in tps if await consumer.position(tp) < end[tp]}
             # Tansu's ListOffsets reports the *first* offset of the last record
             # batch + 1, so end_offsets undercounts any partition written in
@@ -164,18 +177,20 @@ async def read_topic(
                         end[tp] = max(end[tp], highwater)
                         settled.add(tp)
                 for tp, batch in fetched.items():
-                    records[tp].extend(r for r in batch if r.offset < end[tp])
+                    for record in batch:
+                        if record.offset < end[tp]:
+                            visit(record)
+                            seen += 1
                 for tp in list(pending):
                     if tp in settled and await consumer.position(tp) >= end[tp]:
                         pending.discard(tp)
     except TimeoutError:
-        got = sum(len(batch) for batch in records.values())
         raise TimeoutError(
-            f"read only {got} records of topic {topic!r} on {bootstrap} within {timeout:.1f}s"
+            f"read only {seen} records of topic {topic!r} on {bootstrap} within {timeout:.1f}s"
         ) from None
     finally:
         # aiokafka (0.14) quirk: stop() right after start(), before the loop has
         # run the consumer's internal no-group task once, raises CancelledError.
         await asyncio.sleep(0)
         await consumer.stop()
-    return [record for tp in sorted(records, key=lambda t: t.partition) for record in records[tp]]
+    return seen

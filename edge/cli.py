@@ -57,18 +57,30 @@ def main(argv: list[str] | None = None) -> int:
         metrics_dir = settings.metrics_dir
     if metrics_dir is not None:
         shutil.rmtree(metrics_dir, ignore_errors=True)
-    if args.server == "uvicorn":
-        return serve_uvicorn(args.host, args.port, args.workers, settings.log_level)
-    return serve_granian(args.host, args.port, args.workers, settings.log_level)
+    return serve(args.server, "edge.app:create_app", factory=True, host=args.host,
+                 port=args.port, workers=args.workers, log_level=settings.log_level)
 
 
-def serve_granian(host: str, port: int, workers: int, log_level: str) -> int:
+def serve(server: str, target: str, *, factory: bool, host: str, port: int, workers: int,
+          log_level: str) -> int:
+    """Run ``target`` under ``server`` with the edge's server settings.
+
+    The benchmark serves its bare-302 baseline through this same function, so
+    edge and baseline always run under identical server settings.
+    """
+    if server == "uvicorn":
+        return _serve_uvicorn(target, factory, host, port, workers, log_level)
+    return _serve_granian(target, factory, host, port, workers, log_level)
+
+
+def _serve_granian(target: str, factory: bool, host: str, port: int, workers: int,
+                   log_level: str) -> int:
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces, Loops
     from granian.log import LogLevels
 
     Granian(
-        "edge.app:create_app", factory=True, address=host, port=port, workers=workers,
+        target, factory=factory, address=host, port=port, workers=workers,
         interface=Interfaces.ASGI, loop=Loops.uvloop, http=HTTPModes.http1, websockets=False,
         log_level=LogLevels(log_level), log_access=False, respawn_failed_workers=True,
         # Graceful shutdown flushes clicks; give it the time it may need.
@@ -77,12 +89,12 @@ def serve_granian(host: str, port: int, workers: int, log_level: str) -> int:
     return 0
 
 
-def serve_uvicorn(host: str, port: int, workers: int, log_level: str) -> int:
+def _serve_uvicorn(target: str, factory: bool, host: str, port: int, workers: int,
+                   log_level: str) -> int:
     import uvicorn
 
     uvicorn.run(
-        "edge.app:create_app", factory=True, interface="asgi3", host=host, port=port,
-        workers=workers,
+        target, factory=factory, interface="asgi3", host=host, port=port, workers=workers,
         loop="uvloop", http="httptools", lifespan="on", log_level=log_level,
         access_log=False, server_header=False, proxy_headers=False,
         timeout_graceful_shutdown=10, timeout_keep_alive=30)

@@ -234,7 +234,7 @@ class RedirectEndpoint:
                 click_id, buyer = new_click_and_visitor(now_ms)
             # Without a cookie, also remember the buyer by the visitor id this
             # answer hands out: the reload will carry it.
-            self._dedup.remember(key, click_id, buyer,
+            self._dedup.remember(key, click_id, buyer, now_ms,
                                  None if visitor else hash((buyer, link.sig)))
             self._emit(link.event_head, verdict, "", now_ms, buyer, ip, headers, click_id)
         set_cookie = self._cookie_key + self._sealer.seal_fields(

@@ -42,7 +42,7 @@ class EdgeSettings(BaseSettings):
 
     # Abuse controls.
     duplicate_window_s: NonNegativeInt = 30
-    duplicate_max_entries: PositiveInt = 200_000
+    duplicate_max_entries: PositiveInt = 524_288
     rate_limit_per_s: NonNegativeInt = 100
     rate_limit_burst: PositiveInt = 500
     forwarded_hops: NonNegativeInt = 0

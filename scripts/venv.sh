@@ -23,3 +23,18 @@ if [ ! -f "$STAMP" ]; then
     touch "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
+
+# System tools that no Python package ships, installed from Debian's packages
+# when missing (the machines this runs on are Debian with root).
+need_debian_package() {  # need_debian_package COMMAND PACKAGE
+    command -v "$1" >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing Debian package $2 (for $1)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null 2>&1 \
+            || { apt-get update -q >/dev/null 2>&1 \
+                 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null 2>&1; } \
+            || echo "warning: could not install $2; tests needing $1 will fail" >&2
+    else
+        echo "warning: $1 missing; install the Debian package $2" >&2
+    fi
+}

@@ -23,48 +23,70 @@ def window(seconds: int = 30, entries: int = 1024) -> DuplicateWindow:
 def test_first_click_is_found_within_the_window() -> None:
     w = window()
     click = new_click_id(T0)
-    w.remember(12345, click, VISITOR)
+    w.remember(12345, click, VISITOR, T0)
     assert w.get(12345, T0) == (click, VISITOR)
     assert w.get(12345, T0 + 29_999) == (click, VISITOR)
 
 
 def test_window_ends_exactly_window_ms_after_the_click() -> None:
     w = window(30)
-    w.remember(7, new_click_id(T0), VISITOR)
+    w.remember(7, new_click_id(T0), VISITOR, T0)
     assert w.get(7, T0 + 30_000) is None
     assert w.get(7, T0 + 31_000) is None
 
 
-def test_unknown_key_is_not_a_duplicate() -> None:
+def test_unknown_key_and_key_zero_of_an_empty_slot_are_not_duplicates() -> None:
     w = window()
-    w.remember(1, new_click_id(T0), VISITOR)
+    w.remember(1, new_click_id(T0), VISITOR, T0)
     assert w.get(2, T0) is None
+    assert w.get(0, T0) is None  # empty slots hold key 0
 
 
 def test_alias_names_the_same_click() -> None:
     w = window()
     click = new_click_id(T0)
-    w.remember(100, click, VISITOR, alias=-200)
+    w.remember(100, click, VISITOR, T0, alias=-200)
     assert w.get(100, T0) == (click, VISITOR)
     assert w.get(-200, T0) == (click, VISITOR)
 
 
 def test_window_zero_disables() -> None:
     w = window(0)
-    w.remember(1, new_click_id(T0), VISITOR, alias=2)
+    w.remember(1, new_click_id(T0), VISITOR, T0, alias=2)
     assert w.get(1, T0) is None
     assert w.get(2, T0) is None
     assert len(w) == 0
 
 
-def test_colliding_keys_never_return_each_others_click() -> None:
-    w = window(entries=16)
-    a, b = 3, 3 + 16  # same slot in a 16-slot table
-    click_a, click_b = new_click_id(T0), new_click_id(T0 + 1)
-    w.remember(a, click_a, "a" * 22)
-    w.remember(b, click_b, "b" * 22)
-    assert w.get(b, T0 + 1) == (click_b, "b" * 22)
-    assert w.get(a, T0 + 1) is None  # overwritten: forgotten, never confused
+def test_an_entry_survives_until_four_newer_clicks_share_its_bucket() -> None:
+    w = window(entries=16)  # 4 buckets of 4 slots
+    first = new_click_id(T0)
+    w.remember(5, first, "a" * 22, T0)
+    for n in range(1, 4):  # three more in the same bucket (5 + 4k): all four fit
+        w.remember(5 + 4 * n, new_click_id(T0 + n), "b" * 22, T0 + n)
+    assert w.get(5, T0 + 10) == (first, "a" * 22)
+    w.remember(5 + 16, new_click_id(T0 + 5), "c" * 22, T0 + 5)  # the fifth: oldest goes
+    assert w.get(5, T0 + 10) is None
+    for n in range(1, 4):
+        assert w.get(5 + 4 * n, T0 + 10) is not None
+
+
+def test_expired_slots_are_reused_before_live_ones() -> None:
+    w = window(seconds=1, entries=4)  # one bucket
+    w.remember(1, new_click_id(T0), VISITOR, T0)  # expires at T0 + 1000
+    for n in range(2, 5):
+        w.remember(n, new_click_id(T0 + 900), VISITOR, T0 + 900)
+    w.remember(9, new_click_id(T0 + 1500), VISITOR, T0 + 1500)
+    assert all(w.get(n, T0 + 1500) is not None for n in (2, 3, 4, 9))
+
+
+def test_remembering_a_key_again_replaces_it() -> None:
+    w = window(entries=4)
+    w.remember(3, new_click_id(T0), VISITOR, T0)
+    newer = new_click_id(T0 + 1)
+    w.remember(3, newer, VISITOR, T0 + 1)
+    assert w.get(3, T0 + 2) == (newer, VISITOR)
+    assert len(w) == 1
 
 
 def test_table_size_is_fixed_whatever_is_inserted() -> None:
@@ -72,10 +94,9 @@ def test_table_size_is_fixed_whatever_is_inserted() -> None:
     size = len(w._keys)
     assert size == 1024
     for i in range(100_000):
-        w.remember(i * 7919, new_click_id(T0 + i), VISITOR)
+        w.remember(i * 7919, new_click_id(T0 + i), VISITOR, T0 + i)
     assert len(w._keys) == size
     assert len(w._values) == size
-    assert len(w) <= size
 
 
 @settings(max_examples=200)
@@ -87,7 +108,7 @@ def test_get_only_ever_returns_what_was_remembered_under_that_key(
     for n, (key, write) in enumerate(ops):
         if write:
             click = f"{T0 + n:012x}{n:016x}"
-            w.remember(key, click, VISITOR)
+            w.remember(key, click, VISITOR, T0 + n)
             remembered[key] = click
         else:
             found = w.get(key, T0 + n)

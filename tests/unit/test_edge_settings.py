@@ -91,7 +91,7 @@ def test_minimal_env_loads_with_documented_defaults(env: Env) -> None:
     assert s.attribution_window_s == 1_296_000 == 15 * 86400
     assert s.verdict_header is False
     assert s.duplicate_window_s == 30
-    assert s.duplicate_max_entries == 200_000
+    assert s.duplicate_max_entries == 524_288
     assert s.rate_limit_per_s == 100
     assert s.rate_limit_burst == 500
     assert s.forwarded_hops == 0
