@@ -45,18 +45,20 @@ class DuplicateWindow:
     def get(self, key: int, now_ms: int) -> tuple[str, str] | None:
         """(click id, visitor id) of the first click under ``key`` still in the window."""
         b = (key & self._bucket_mask) * WAYS
-        keys = self._keys
-        if keys[b] == key:
-            i = b
-        elif keys[b + 1] == key:
-            i = b + 1
-        elif keys[b + 2] == key:
-            i = b + 2
-        elif keys[b + 3] == key:
+        keys, ms = self._keys, self._ms
+        # Inserts do not look for an older copy of their key (that would cost
+        # every click a scan), so the newest live copy wins here.  On a miss,
+        # the common case, all four slots are compared either way.
+        i, newest = -1, now_ms - self.window_ms
+        if keys[b] == key and ms[b] > newest:
+            i, newest = b, ms[b]
+        if keys[b + 1] == key and ms[b + 1] > newest:
+            i, newest = b + 1, ms[b + 1]
+        if keys[b + 2] == key and ms[b + 2] > newest:
+            i, newest = b + 2, ms[b + 2]
+        if keys[b + 3] == key and ms[b + 3] > newest:
             i = b + 3
-        else:
-            return None
-        if self._ms[i] + self.window_ms <= now_ms:
+        if i < 0:
             return None
         value = self._values[i]
         return value[:CLICK_ID_LEN], value[CLICK_ID_LEN:]
@@ -72,16 +74,19 @@ class DuplicateWindow:
             self._put(alias, value, now_ms)
 
     def _put(self, key: int, value: str, now_ms: int) -> None:
+        # The bucket's oldest slot (empty slots hold time 0), unrolled: this runs
+        # on every click.
         b = (key & self._bucket_mask) * WAYS
-        keys, ms = self._keys, self._ms
+        ms = self._ms
         victim, oldest = b, ms[b]
-        if keys[b] != key:
-            for i in range(b + 1, b + WAYS):
-                if keys[i] == key:
-                    victim = i
-                    break
-                if ms[i] < oldest:
-                    victim, oldest = i, ms[i]
-        keys[victim] = key
+        t = ms[b + 1]
+        if t < oldest:
+            victim, oldest = b + 1, t
+        t = ms[b + 2]
+        if t < oldest:
+            victim, oldest = b + 2, t
+        if ms[b + 3] < oldest:
+            victim = b + 3
+        self._keys[victim] = key
         ms[victim] = now_ms
         self._values[victim] = value

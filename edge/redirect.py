@@ -244,7 +244,8 @@ class RedirectEndpoint:
             (b"location", link.location_head + click_id.encode("ascii") + link.location_tail),
             (b"set-cookie", set_cookie), *self._tail[verdict]]})
         await send(_BODY_END)
-        return self._done(started, verdict)
+        self._slots[self._verdict_slot[verdict]] += 1
+        self._observe(time.perf_counter_ns() - started)
 
     def _done(self, started: int, verdict: Verdict) -> None:
         self._slots[self._verdict_slot[verdict]] += 1

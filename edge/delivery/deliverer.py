@@ -28,6 +28,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Collection
 
 from contracts.records import Record, decode_batch, encode_batch
 from edge import telemetry as t
@@ -51,7 +52,7 @@ class Deliverer:
         self._linger = linger_s
         self._buf: deque[Record] = deque()
         # Records taken from the buffer whose delivery has not finished yet.
-        self._inflight: list[Record] = []
+        self._inflight: Collection[Record] = deque()
         self._wake = asyncio.Event()
         self._idle = True
         self._closing = False
@@ -122,7 +123,7 @@ class Deliverer:
                 # Possibly in Kafka already: a duplicate by click id beats a loss.
                 if self._inflight:
                     self._to_spool(self._inflight)
-                    self._inflight = []
+                    self._inflight = deque()
         self._spool_rest()
         if drain is not None:
             with contextlib.suppress(TimeoutError):
@@ -151,14 +152,20 @@ class Deliverer:
             if len(buf) < self._batch and not self._closing:
                 # A short linger turns a trickle of single clicks into batches.
                 await asyncio.sleep(self._linger)
-            n = min(len(buf), self._batch)
-            records = [buf.popleft() for _ in range(n)]
+                buf = self._buf
+            if len(buf) <= self._batch:
+                # Take the whole buffer in O(1); the request path appends to the new one.
+                records = buf
+                self._buf = deque()
+            else:
+                records = deque(buf.popleft() for _ in range(self._batch))
+            buf = self._buf
             self._inflight = records
             await self._deliver(records)
-            self._inflight = []
+            self._inflight = deque()
             t.buffer_events.set(len(buf))
 
-    async def _deliver(self, records: list[Record]) -> None:
+    async def _deliver(self, records: Collection[Record]) -> None:
         if not self.fallback_mode:
             started = time.perf_counter_ns()
             failed = await self.kafka.send(records)
@@ -172,7 +179,7 @@ class Deliverer:
             records = failed
         await self._park(records)
 
-    async def _park(self, records: list[Record]) -> None:
+    async def _park(self, records: Collection[Record]) -> None:
         if self.redis_ok and self.spool.is_empty():
             try:
                 await self.fallback.push(records)
@@ -185,7 +192,7 @@ class Deliverer:
                 self._drain_wake.set()
         self._to_spool(records)
 
-    def _to_spool(self, records: list[Record]) -> None:
+    def _to_spool(self, records: Collection[Record]) -> None:
         try:
             self.spool.append(encode_batch(records), len(records))
             t.delivered.inc(len(records), "spool")

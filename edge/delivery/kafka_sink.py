@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -102,62 +103,54 @@ class KafkaSink:
         self._partitions = len(partitions)
         return True
 
-    async def send(self, records: list[Record]) -> list[Record]:
+    async def send(self, records: Iterable[Record]) -> list[Record]:
         """Deliver ``records``; returns the ones Kafka did not acknowledge (empty = all good)."""
         if not self.started and not await self.start():
-            return records
+            return list(records)
         producer = self._producer
         assert producer is not None
         n = self._partitions
-        by_partition: dict[int, list[Record]] = {}
+        rr = self._round_robin
+        # One pass: partition, append to that partition's batch, and remember
+        # which records each batch carries (a failed batch goes to the fallback).
+        open_batches: dict[int, tuple[Any, list[Record]]] = {}
+        batches: list[tuple[int, Any, list[Record]]] = []
+        failed: list[Record] = []
         for rec in records:
-            key = rec[1]
-            p = partition_for(key, n) if key else next(self._round_robin) % n
-            group = by_partition.get(p)
-            if group is None:
-                by_partition[p] = [rec]
-            else:
-                group.append(rec)
+            ts, key, value = rec
+            p = partition_for(key, n) if key else next(rr) % n
+            slot = open_batches.get(p)
+            if slot is None:
+                slot = open_batches[p] = (producer.create_batch(), [])
+            if slot[0].append(key=key, value=value, timestamp=ts) is None:
+                batches.append((p, *slot))
+                slot = open_batches[p] = (producer.create_batch(), [])
+                if slot[0].append(key=key, value=value, timestamp=ts) is None:
+                    log.error("click record of %d bytes exceeds the batch size", len(value))
+                    failed.append(rec)
+                    continue
+            slot[1].append(rec)
+        batches += [(p, batch, recs) for p, (batch, recs) in open_batches.items() if recs]
         deadline = time.monotonic() + self.timeout_s
         pending: list[tuple[asyncio.Future[Any], list[Record]]] = []
-        failed: list[Record] = []
-        for p, group in by_partition.items():
+        for p, batch, recs in batches:
             try:
-                pending += await self._enqueue(producer, p, group, deadline)
+                pending.append((await self._hand_over(producer, batch, p, deadline), recs))
             except (KafkaError, OSError, TimeoutError) as err:
                 log.warning("kafka enqueue to partition %d failed: %s", p, _describe(err))
-                failed += group
+                failed += recs
         if pending:
             # aiokafka settles every batch within its request timeout; wait for
             # that (plus a grace) so no batch is both in Kafka and in the fallback.
             grace = max(0.0, deadline - time.monotonic()) + self.timeout_s
-            futures = [f for f, _ in pending]
-            await asyncio.wait(futures, timeout=grace)
-            for fut, group in pending:
+            await asyncio.wait([f for f, _ in pending], timeout=grace)
+            for fut, recs in pending:
                 if not fut.done():
                     fut.cancel()
-                    failed += group
+                    failed += recs
                 elif fut.cancelled() or fut.exception() is not None:
-                    failed += group
+                    failed += recs
         return failed
-
-    async def _enqueue(self, producer: AIOKafkaProducer, partition: int, group: list[Record],
-                       deadline: float) -> list[tuple[asyncio.Future[Any], list[Record]]]:
-        out: list[tuple[asyncio.Future[Any], list[Record]]] = []
-        batch = producer.create_batch()
-        in_batch: list[Record] = []
-        for rec in group:
-            ts, key, value = rec
-            if batch.append(key=key, value=value, timestamp=ts) is None:
-                out.append((await self._hand_over(producer, batch, partition, deadline), in_batch))
-                batch = producer.create_batch()
-                in_batch = []
-                if batch.append(key=key, value=value, timestamp=ts) is None:
-                    raise KafkaError(f"record of {len(value)} bytes exceeds the batch size")
-            in_batch.append(rec)
-        if in_batch:
-            out.append((await self._hand_over(producer, batch, partition, deadline), in_batch))
-        return out
 
     async def _hand_over(self, producer: AIOKafkaProducer, batch: Any, partition: int,
                          deadline: float) -> asyncio.Future[Any]:

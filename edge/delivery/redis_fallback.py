@@ -23,7 +23,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Collection
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -87,7 +87,7 @@ class RedisFallback:
             raise RedisUnavailable(f"{type(err).__name__}: {err}") from None
         self._group_ready = True
 
-    async def push(self, records: list[Record]) -> None:
+    async def push(self, records: Collection[Record]) -> None:
         """Park a batch; raises ``RedisUnavailable`` if it may not have been stored."""
         data = encode_batch(records)
         pipe = self._redis.pipeline(transaction=True)
