@@ -189,6 +189,32 @@ class Bench:
                              "kafka_distinct_valid": check.kafka.distinct_valid,
                              "kafka_duplicates": check.kafka.duplicate_valid}
 
+    def ablations(self, results: dict[str, Any]) -> None:
+        """The edge with one feature off at a time: what each costs per request."""
+        a = self.args
+        variants = [("rate limit off", {"CPS_RATE_LIMIT_PER_S": "0"}, False),
+                    ("duplicate window off", {"CPS_DUPLICATE_WINDOW_S": "0"}, False),
+                    ("Kafka delivery off", {}, True)]
+        rows: list[dict[str, Any]] = []
+        with LocalStack(self.out / "ablation-stack", topics={CLICKS_TOPIC: a.partitions}) as stack:
+            self.pin_stack(stack)
+            for name, extra, no_delivery in variants:
+                env = {**self.edge_env(stack, self.out / "ablation-spool"), **extra}
+                make = PinnedServer.edge_without_delivery if no_delivery else PinnedServer.edge
+                server = make(a.server, env, SERVER_CORE, self.out).start(ready_path="/readyz")
+                try:
+                    _log(f"ablation: {name}")
+                    runs = self.measure(server, a.ablation_runs)
+                finally:
+                    server.stop()
+                rows.append({"variant": name, "runs": runs})
+        full = statistics.median(r["rps"] for r in results["targets"]["edge"]["runs"])
+        for row in rows:
+            rps = statistics.median(r["rps"] for r in row["runs"])
+            row["rps"] = rps
+            row["us_per_request_saved"] = 1e6 / full - 1e6 / rps
+        results["ablations"] = rows
+
     def soak(self, results: dict[str, Any], edge_max: float) -> None:
         a = self.args
         rate = edge_max * 0.8
@@ -282,6 +308,18 @@ def render(results: dict[str, Any], command: str) -> str:
     ]
     if p50_curve:
         lines.append(f"p99 at 50 % of the edge's maximum: **{p50_curve[0]['p99_ms']:.2f} ms**.\n")
+    if "ablations" in results:
+        base_us = 1e6 / statistics.median(r["rps"] for r in base_runs)
+        edge_us = 1e6 / statistics.median(r["rps"] for r in edge_runs)
+        rows = "\n".join(
+            f"| {row['variant']} | {fmt_rps_runs(row['runs'])} "
+            f"| {row['us_per_request_saved']:.1f} |" for row in results["ablations"])
+        lines.append(
+            "Where the edge's time goes (per request, one core): baseline server "
+            f"{base_us:.1f} µs, full edge {edge_us:.1f} µs, so the edge's own work is "
+            f"{edge_us - base_us:.1f} µs. With one feature off:\n\n"
+            "| edge variant | req/s median (min–max) | µs/request saved |\n|---|---|---|\n"
+            f"{rows}\n")
     if "soak" in results:
         s = results["soak"]
         lines.append(
@@ -304,6 +342,10 @@ def render(results: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
+def fmt_rps_runs(runs: list[dict[str, Any]]) -> str:
+    return report.fmt_rps([r["rps"] for r in runs])
+
+
 def _percent_list(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
@@ -323,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="offered rates, percent of the edge's max")
     p.add_argument("--curve-duration", type=int, default=10)
     p.add_argument("--soak", type=int, default=0, help="seconds at 80%% (0: skip)")
+    p.add_argument("--ablations", action="store_true",
+                   help="also measure the edge with rate limit / duplicates / delivery off")
+    p.add_argument("--ablation-runs", type=int, default=3)
     p.add_argument("--fault", action="store_true", help="kill the broker under load")
     p.add_argument("--fault-phase", type=int, default=15)
     p.add_argument("--out", type=Path)
@@ -343,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args, out)
     bench.throughput_and_curve(results)
     edge_max = statistics.median(r["rps"] for r in results["targets"]["edge"]["runs"])
+    if args.ablations:
+        bench.ablations(results)
     if args.soak:
         bench.soak(results, edge_max)
     if args.fault:

@@ -41,6 +41,12 @@ class PinnedServer:
                             "--server", server], env=env, core=core, log_dir=log_dir)
 
     @classmethod
+    def edge_without_delivery(cls, server: str, env: Mapping[str, str], core: int,
+                              log_dir: Path) -> PinnedServer:
+        return cls("edge-no-delivery", [sys.executable, "-m", "bench.ablation", "--server",
+                                        server], env=env, core=core, log_dir=log_dir)
+
+    @classmethod
     def baseline(cls, server: str, env: Mapping[str, str], core: int,
                  log_dir: Path) -> PinnedServer:
         return cls("baseline", [sys.executable, "-m", "bench.baseline", "--server", server],
