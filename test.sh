@@ -6,6 +6,7 @@ source "$(dirname "$0")/scripts/venv.sh"
 cd "$ROOT"
 # promtool/prometheus check the shipped alert rules and dashboard queries.
 need_debian_package promtool prometheus
+need_debian_package wrk wrk
 echo "== ruff"; ruff check .
 echo "== mypy"; mypy
 echo "== pytest"; exec pytest "$@"
