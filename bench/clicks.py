@@ -55,7 +55,7 @@ class KafkaCount:
     seconds: float = 0.0
 
 
-async def count_clicks(bootstrap: str, *, limit_s: float = 600) -> KafkaCount:
+async def count_clicks(bootstrap: str, *, limit_s: float = 1800) -> KafkaCount:
     count = KafkaCount()
     valid_ids: set[bytes] = set()
     started = time.monotonic()

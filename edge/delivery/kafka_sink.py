@@ -30,6 +30,7 @@ from contracts.topics import CLICKS_TOPIC, partition_for
 log = logging.getLogger("cps.edge.kafka")
 
 _MAX_BATCH_BYTES = 1024 * 1024
+_YIELD_EVERY = 256
 
 
 class KafkaUnavailable(Exception):
@@ -116,7 +117,10 @@ class KafkaSink:
         open_batches: dict[int, tuple[Any, list[Record]]] = {}
         batches: list[tuple[int, Any, list[Record]]] = []
         failed: list[Record] = []
-        for rec in records:
+        for n_rec, rec in enumerate(records, 1):
+            if not n_rec % _YIELD_EVERY:
+                # Let waiting requests run: a big batch must not stall redirects.
+                await asyncio.sleep(0)
             ts, key, value = rec
             p = partition_for(key, n) if key else next(rr) % n
             slot = open_batches.get(p)
