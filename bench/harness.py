@@ -111,6 +111,7 @@ class Bench:
             "CPS_FORWARDED_HOPS": "1",
             "CPS_LOG_LEVEL": "warning",
         })
+        env.update(dict(kv.split("=", 1) for kv in self.args.edge_env))
         return env
 
     def pin_stack(self, stack: LocalStack) -> None:
@@ -384,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ablation-runs", type=int, default=3)
     p.add_argument("--fault", action="store_true", help="kill the broker under load")
     p.add_argument("--fault-phase", type=int, default=15)
+    p.add_argument("--edge-env", action="append", default=[], metavar="CPS_X=VALUE",
+                   help="extra edge setting for this run (repeatable)")
     p.add_argument("--out", type=Path)
     p.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     args = p.parse_args(argv)

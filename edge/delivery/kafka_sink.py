@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -135,18 +134,31 @@ class KafkaSink:
                     continue
             slot[1].append(rec)
         batches += [(p, batch, recs) for p, (batch, recs) in open_batches.items() if recs]
-        deadline = time.monotonic() + self.timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
         pending: list[tuple[asyncio.Future[Any], list[Record]]] = []
-        for p, batch, recs in batches:
-            try:
-                pending.append((await self._hand_over(producer, batch, p, deadline), recs))
-            except (KafkaError, OSError, TimeoutError) as err:
-                log.warning("kafka enqueue to partition %d failed: %s", p, _describe(err))
+        handed = 0
+        try:
+            # One deadline for the whole hand-over (one timer per round, not a
+            # task per batch): send_batch waits only for metadata or a free slot.
+            async with asyncio.timeout_at(deadline):
+                for p, batch, recs in batches:
+                    try:
+                        fut = await producer.send_batch(batch, self.topic, partition=p)
+                        pending.append((fut, recs))
+                    except (KafkaError, OSError) as err:
+                        log.warning("kafka enqueue to partition %d failed: %s", p,
+                                    _describe(err))
+                        failed += recs
+                    handed += 1
+        except TimeoutError:
+            log.warning("kafka did not take %d batches in time", len(batches) - handed)
+            for _, _, recs in batches[handed:]:
                 failed += recs
         if pending:
             # aiokafka settles every batch within its request timeout; wait for
             # that (plus a grace) so no batch is both in Kafka and in the fallback.
-            grace = max(0.0, deadline - time.monotonic()) + self.timeout_s
+            grace = max(0.0, deadline - loop.time()) + self.timeout_s
             await asyncio.wait([f for f, _ in pending], timeout=grace)
             for fut, recs in pending:
                 if not fut.done():
@@ -155,13 +167,6 @@ class KafkaSink:
                 elif fut.cancelled() or fut.exception() is not None:
                     failed += recs
         return failed
-
-    async def _hand_over(self, producer: AIOKafkaProducer, batch: Any, partition: int,
-                         deadline: float) -> asyncio.Future[Any]:
-        remaining = max(0.001, deadline - time.monotonic())
-        fut: asyncio.Future[Any] = await asyncio.wait_for(
-            producer.send_batch(batch, self.topic, partition=partition), remaining)
-        return fut
 
     async def _discard_producer(self) -> None:
         producer, self._producer = self._producer, None
