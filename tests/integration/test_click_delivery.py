@@ -224,3 +224,21 @@ async def test_sigterm_mid_load_flushes_to_kafka(stack: LocalStack, keys: Keys,
     assert len(got) == len(set(got)), "no failover happened, so no duplicates either"
     # At most the requests in flight at shutdown were answered but not read.
     assert len(got) - len(sent) <= 16
+
+
+async def test_several_workers_share_metrics_and_deliver_every_click(
+        stack: LocalStack, keys: Keys, edge_factory: Callable[..., EdgeProcess]) -> None:
+    edge = edge_factory(stack, workers=2).start()
+    await metrics_until(edge, "both workers up", lambda m: m["cps_edge_workers"] == 2)
+    result = await click_load(edge.port, links(keys), total=3000, concurrency=16)
+    assert not result.errors
+    assert result.by_status() == {302: 3000}
+    m = await metrics_until(edge, "3000 clicks delivered",
+                            lambda m: m[DELIVERED % "kafka"] >= 3000)
+    # Whichever worker answers a scrape, it reports the whole edge.
+    for _ in range(10):
+        again = edge.metrics()
+        assert again['cps_edge_requests_total{verdict="valid"}'] == 3000
+        assert again["cps_edge_workers"] == 2
+        assert again[DELIVERED % "kafka"] == m[DELIVERED % "kafka"]
+    await assert_all_in_kafka(stack.broker.bootstrap, result.valid_click_ids)
