@@ -25,6 +25,7 @@ from edge import telemetry as t
 from edge.delivery.deliverer import Deliverer
 from edge.delivery.kafka_sink import KafkaSink
 from edge.delivery.redis_fallback import RedisFallback
+from edge.delivery.ring import RING_FILE, HandoffRing
 from edge.delivery.spool import DiskSpool
 from edge.redirect import RedirectEndpoint
 from edge.settings import EdgeSettings
@@ -70,6 +71,9 @@ class EdgeApp:
     @contextlib.asynccontextmanager
     async def _lifespan(self, _: Starlette) -> AsyncIterator[None]:
         self.spool.open()
+        if self.settings.handoff_ring_bytes:
+            self.deliverer.use_ring(HandoffRing(self.spool.own_path / RING_FILE,
+                                                self.settings.handoff_ring_bytes))
         await self.deliverer.start()
         # Everything built so far (the duplicate table's half-million slots, the
         # libraries) lives as long as the worker: keep it out of the cyclic GC's

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.settings import AllowedHosts, CookieKeys, LinkKeys
 from contracts.targets import TargetError, parse_target
+from edge.delivery.ring import MIN_CAPACITY
 
 _BOOTSTRAP = re.compile(r"[A-Za-z0-9.-]+:\d{1,5}")
 _COOKIE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -61,6 +62,7 @@ class EdgeSettings(BaseSettings):
     delivery_linger_ms: NonNegativeInt = 5
     probe_interval_ms: PositiveInt = 1000
     shutdown_timeout_s: PositiveInt = 20
+    handoff_ring_bytes: NonNegativeInt = 64 * 1024 * 1024
 
     # Observability.
     metrics_dir: Path | None = None
@@ -113,6 +115,13 @@ class EdgeSettings(BaseSettings):
             parse_target(value)
         except TargetError as err:
             raise ValueError(str(err)) from None
+        return value
+
+    @field_validator("handoff_ring_bytes")
+    @classmethod
+    def _ring(cls, value: int) -> int:
+        if value and value < MIN_CAPACITY:
+            raise ValueError(f"must be 0 (off) or at least {MIN_CAPACITY} bytes")
         return value
 
     @field_validator("log_level")

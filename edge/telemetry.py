@@ -27,8 +27,9 @@ delivered = REGISTRY.counter(
     "Click events written by the request-path deliverer, by where they went first.", "path", PATHS)
 replayed = REGISTRY.counter(
     "cps_edge_clicks_replayed_total",
-    "Click events moved out of a fallback store (redis, spool) into Kafka, or spool into redis.",
-    "source", ("redis", "spool", "spool_to_redis"))
+    "Click events moved out of a fallback store (redis, spool) into Kafka, spool into redis, "
+    "or out of a dead worker's hand-off ring into the spool (ring).",
+    "source", ("redis", "spool", "spool_to_redis", "ring"))
 delivery_errors = REGISTRY.counter(
     "cps_edge_delivery_errors_total", "Failed delivery attempts (batches), by path.", "path", PATHS)
 dropped = REGISTRY.counter(

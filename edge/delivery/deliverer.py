@@ -17,8 +17,16 @@ else).  Two background tasks do the rest:
   while Kafka is back: the spool then drains past entries stranded in Redis,
   which follow when Redis returns).
 
-When the buffer is full (only while every store is failing or slow), a click
-goes straight from the request path to the spool: slower, but never lost.
+``submit`` also appends the click to this worker's hand-off ring (a
+memory-mapped file, ``edge.delivery.ring``) before the 302 leaves, and the
+delivery loop releases each batch from it once the batch is durable (in Kafka,
+the Redis stream or the spool).  When the worker dies (SIGKILL, OOM), whatever
+it had accepted but not yet delivered (the buffer and the batch in flight) is
+still in the ring, and whoever claims its spool directory replays it.
+
+When the buffer or the ring is full (only while every store is failing or
+slow), a click goes straight from the request path to the spool: slower, but
+never lost.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from contracts.records import Record, decode_batch, encode_batch
 from edge import telemetry as t
 from edge.delivery.kafka_sink import KafkaSink
 from edge.delivery.redis_fallback import RedisFallback, RedisUnavailable
+from edge.delivery.ring import HandoffRing, NoRing
 from edge.delivery.spool import DiskSpool
 
 log = logging.getLogger("cps.edge.delivery")
@@ -42,7 +51,7 @@ log = logging.getLogger("cps.edge.delivery")
 class Deliverer:
     def __init__(self, kafka: KafkaSink, fallback: RedisFallback, spool: DiskSpool, *,
                  max_events: int, batch_events: int, probe_interval_s: float,
-                 linger_s: float = 0.005) -> None:
+                 linger_s: float = 0.005, ring: HandoffRing | NoRing | None = None) -> None:
         self.kafka = kafka
         self.fallback = fallback
         self.spool = spool
@@ -61,13 +70,16 @@ class Deliverer:
         self._tasks: list[asyncio.Task[None]] = []
         self._drain_wake = asyncio.Event()
         self._gauges_at = 0.0
+        self.ring: HandoffRing | NoRing = ring or NoRing()
+        self._ring_append = self.ring.append
+        self._adopted = 0
         self._set_mode_gauge()
 
     # -- request path -------------------------------------------------------
 
     def submit(self, record: Record) -> None:
         buf = self._buf
-        if len(buf) < self._max:
+        if len(buf) < self._max and self._ring_append(record):
             buf.append(record)
             if self._idle:
                 self._idle = False
@@ -84,6 +96,13 @@ class Deliverer:
             t.dropped.inc()
             log.critical("click lost: buffer full and spool failed: %s", err)
 
+    def use_ring(self, ring: HandoffRing | NoRing) -> None:
+        """Hand off through ``ring`` from now on (before ``start``: the buffer is empty)."""
+        if self._buf:
+            raise RuntimeError("use_ring() after clicks were submitted")
+        self.ring = ring
+        self._ring_append = ring.append
+
     @property
     def buffered(self) -> int:
         return len(self._buf)
@@ -96,7 +115,7 @@ class Deliverer:
     # -- lifecycle ---------------------------------------------------------
 
     async def start(self) -> None:
-        self.spool.claim_orphans()
+        self._claim_orphans()
         if await self.kafka.start() and self.spool.is_empty():
             self._set_mode(fallback=False)
         else:
@@ -123,8 +142,10 @@ class Deliverer:
                 # Possibly in Kafka already: a duplicate by click id beats a loss.
                 if self._inflight:
                     self._to_spool(self._inflight)
+                    self.ring.release(len(self._inflight))
                     self._inflight = deque()
         self._spool_rest()
+        self.ring.close(remove=self.ring.pending == 0)
         if drain is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(drain, self._probe_interval + 2 * self.kafka.timeout_s)
@@ -136,6 +157,7 @@ class Deliverer:
         while self._buf:
             records = [self._buf.popleft() for _ in range(min(len(self._buf), self._batch))]
             self._to_spool(records)
+            self.ring.release(len(records))
 
     # -- delivery loop -------------------------------------------------------
 
@@ -162,6 +184,8 @@ class Deliverer:
             buf = self._buf
             self._inflight = records
             await self._deliver(records)
+            # Durable now (Kafka, Redis or the spool): the ring may forget them.
+            self.ring.release(len(records))
             self._inflight = deque()
             t.buffer_events.set(len(buf))
 
@@ -211,7 +235,7 @@ class Deliverer:
                 now = time.monotonic()
                 if now - last_claim > 10 * self._probe_interval:
                     last_claim = now
-                    self.spool.claim_orphans()
+                    self._claim_orphans()
                 progressed = await self._drain_step()
             except Exception:  # the loop must outlive any bug in one step
                 log.exception("drain step failed")
@@ -296,6 +320,14 @@ class Deliverer:
                 self._set_mode(fallback=True)
             return False
         return True
+
+    def _claim_orphans(self) -> None:
+        """Take over dead workers' spools, and the clicks their hand-off rings hold."""
+        self.spool.claim_orphans()
+        adopted = self.spool.adopted_records
+        if adopted > self._adopted:
+            t.replayed.inc(adopted - self._adopted, "ring")
+            self._adopted = adopted
 
     # -- state -------------------------------------------------------------------
 

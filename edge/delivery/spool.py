@@ -5,12 +5,15 @@ Layout under ``root``::
     root/<owner>/lock                       flock'ed for as long as its process lives
     root/<owner>/00000000000000000001.seg   segments, numbered from 1, appended in order
     root/<owner>/cursor                     "SEGMENT OFFSET\\n": where draining resumes
+    root/<owner>/ring                       the process's hand-off ring (``edge.delivery.ring``)
     root/corrupt/<owner>-<segment>-<offset>.bin   frames that failed their checks
 
 Every process appends only to a fresh directory of its own, named
 ``host-pid-randomhex``.  A directory whose lock can be taken belongs to a dead
 process: ``claim_orphans`` keeps its lock, drains it before the own directory and
 deletes it once it is drained.  Nobody ever appends to a directory it did not create.
+A claimed directory's ring is read first: its unreleased clicks (accepted by the
+dead process, never delivered) are appended to the claimer's own directory.
 
 A segment is a sequence of frames, each a 16-byte header and a payload::
 
@@ -46,6 +49,9 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from contracts.records import encode_batch
+from edge.delivery.ring import RING_FILE, RingFormatError, read_unreleased
+
 __all__ = ["HEADER", "MAGIC", "DiskSpool", "SpoolItem"]
 
 log = logging.getLogger("cps.edge.spool")
@@ -54,6 +60,8 @@ MAGIC = b"CPS1"
 HEADER = struct.Struct("<4sIII")
 _U32_MAX = 0xFFFFFFFF
 _CORRUPT = "corrupt"
+# Clicks per spool frame when a dead worker's ring is adopted.
+_ADOPT_BATCH = 2000
 _COPY_CHUNK = 1024 * 1024
 
 
@@ -127,6 +135,13 @@ class DiskSpool:
         self._records = 0
         self._bytes = 0
         self._corrupt = 0
+        # Clicks recovered from dead workers' hand-off rings (the deliverer counts them).
+        self.adopted_records = 0
+
+    @property
+    def own_path(self) -> Path:
+        """This process's own spool directory (where its hand-off ring lives)."""
+        return self._require_open().path
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -191,6 +206,7 @@ class DiskSpool:
                         found.append(d)
             found.sort(key=lambda d: (d.born, d.path.name))
             for d in found:
+                self._adopt_ring(own, d)
                 batches, records, size = self._count(d)
                 self._batches += batches
                 self._records += records
@@ -202,34 +218,64 @@ class DiskSpool:
                     self._orphans.append(d)
             return len(found)
 
+    def _adopt_ring(self, own: _Dir, d: _Dir) -> None:
+        """Move the unreleased clicks of a dead worker's hand-off ring into our own spool.
+
+        Appended (and fsynced) before the ring file is deleted: a crash in between
+        replays them once more, duplicates by click id rather than losses.
+        """
+        path = d.path / RING_FILE
+        if not path.exists():
+            return
+        try:
+            records = read_unreleased(path)
+        except (RingFormatError, OSError) as err:
+            log.error("spool: cannot read the hand-off ring of %s (%s); quarantined", d.path, err)
+            folder = self.root / _CORRUPT
+            folder.mkdir(exist_ok=True)
+            with contextlib.suppress(OSError):
+                os.replace(path, folder / f"{d.path.name}-ring.bin")
+            return
+        for start in range(0, len(records), _ADOPT_BATCH):
+            chunk = records[start:start + _ADOPT_BATCH]
+            self._append_locked(own, encode_batch(chunk), len(chunk))
+        path.unlink()
+        self._sync_dir(d.path)
+        self.adopted_records += len(records)
+        if records:
+            log.warning("spool: recovered %d clicks from the hand-off ring of dead worker %s",
+                        len(records), d.path.name)
+
     # -- writing -------------------------------------------------------------------
 
     def append(self, batch: bytes, count: int) -> None:
         if not 0 <= count <= _U32_MAX or len(batch) > _U32_MAX:
             raise ValueError("batch or count too large for a spool frame")
-        frame = HEADER.pack(MAGIC, len(batch), count, zlib.crc32(batch)) + batch
         with self._mutex:
-            own = self._require_open()
-            full = self._wsize and self._wsize + len(frame) > self.segment_bytes
-            if full and self._wfd is not None:
-                self._retire_writer()
-            try:
-                fd = self._writer(own)
-                if os.write(fd, frame) != len(frame):
-                    raise OSError("short write to the disk spool")
-                if self.fsync:
-                    os.fsync(fd)
-            except OSError:
-                # Later frames must not land behind a partial one.
-                if self._wfd is not None:
-                    with contextlib.suppress(OSError):
-                        os.ftruncate(self._wfd, self._wsize)
-                self._retire_writer()
-                raise
-            self._wsize += len(frame)
-            self._batches += 1
-            self._records += count
-            self._bytes += len(frame)
+            self._append_locked(self._require_open(), batch, count)
+
+    def _append_locked(self, own: _Dir, batch: bytes, count: int) -> None:
+        frame = HEADER.pack(MAGIC, len(batch), count, zlib.crc32(batch)) + batch
+        full = self._wsize and self._wsize + len(frame) > self.segment_bytes
+        if full and self._wfd is not None:
+            self._retire_writer()
+        try:
+            fd = self._writer(own)
+            if os.write(fd, frame) != len(frame):
+                raise OSError("short write to the disk spool")
+            if self.fsync:
+                os.fsync(fd)
+        except OSError:
+            # Later frames must not land behind a partial one.
+            if self._wfd is not None:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._wfd, self._wsize)
+            self._retire_writer()
+            raise
+        self._wsize += len(frame)
+        self._batches += 1
+        self._records += count
+        self._bytes += len(frame)
 
     def _writer(self, own: _Dir) -> int:
         if self._wfd is None:
