@@ -199,6 +199,7 @@ class Bench:
         a = self.args
         variants = [("rate limit off", {"CPS_RATE_LIMIT_PER_S": "0"}, False),
                     ("duplicate window off", {"CPS_DUPLICATE_WINDOW_S": "0"}, False),
+                    ("hand-off ring off", {"CPS_HANDOFF_RING_BYTES": "0"}, False),
                     ("Kafka delivery off", {}, True)]
         rows: list[dict[str, Any]] = []
         with LocalStack(self.out / "ablation-stack", topics={CLICKS_TOPIC: a.partitions}) as stack:
