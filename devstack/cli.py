@@ -34,6 +34,10 @@ from edge.settings import EdgeSettings
 STATE_DIR = Path(".cps-dev")
 DEMO_HOSTS = "shop.example.com,*.shop.example.com"
 DEMO_TARGET = "https://shop.example.com/item/42?utm_source=cps"
+# curl's own User-Agent is a script client's, which the edge answers as a bot
+# (no cookie); the demo shows a buyer's click, so it sends a browser's.
+DEMO_USER_AGENT = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                   "Chrome/126.0.0.0 Safari/537.36")
 
 
 def _pick_port(preferred: int) -> int:
@@ -125,8 +129,9 @@ metrics     http://127.0.0.1:{edge_port}/metrics
 demo link (valid 7 days):
   {link}
 
-try it:
-  curl -i '{link}'
+try it (a browser User-Agent: curl's own is answered as a bot, without cookie):
+  curl -i -A '{DEMO_USER_AGENT}' \\
+      '{link}'
 see the click land in Kafka:
   .venv/bin/cps-dev clicks
 mint more links with the dev keys:

@@ -1,10 +1,17 @@
 """Who is asking: a buyer's browser, or something that must not get a cookie.
 
 Link-preview fetchers (chat apps drawing a card for a pasted link), crawlers,
-prefetches and ``HEAD`` checks get the redirect but no cookie and no billable
-click.  So do sub-resource loads (``<img src=link>``, iframes, scripts): a page
-that embeds promotion links as images is the classic cookie-stuffing trick,
-and browsers label such requests with ``Sec-Fetch-Dest``.
+script clients (curl, wget, HTTPie, Postman, HTTP libraries: someone testing a
+link is not shopping), prefetches and ``HEAD`` checks get the redirect but no
+cookie and no billable click.  So do sub-resource loads (``<img src=link>``,
+iframes, scripts): a page that embeds promotion links as images is the classic
+cookie-stuffing trick, and browsers label such requests with ``Sec-Fetch-Dest``.
+
+A User-Agent is matched on its first 512 bytes, lowercased, against ~50
+literal substrings (DEFAULT_BOT_PATTERNS plus ``CPS_BOT_USER_AGENTS``); the
+verdicts of up to 4096 distinct User-Agents are remembered, so a repeat costs
+one dict lookup.  A pattern is a product token no browser or in-app web view
+carries: a false match silently stops billing that app's buyers.
 """
 
 from __future__ import annotations
@@ -13,13 +20,20 @@ from collections.abc import Iterable
 
 # Lowercase substrings of User-Agent values of fetchers that are not buyers.
 DEFAULT_BOT_PATTERNS: tuple[str, ...] = (
+    # Crawlers and link-preview fetchers.
     "bot", "crawler", "spider", "slurp", "preview", "facebookexternalhit", "facebookcatalog",
     "whatsapp", "skypeuripreview", "embedly", "iframely", "quora link preview",
     "vkshare", "w3c_validator", "outbrain", "nuzzel", "bitlypreview",
     "google-pagerenderer", "google-read-aloud", "feedfetcher", "mediapartners-google",
+    # Headless browsers and monitors.
     "headlesschrome", "phantomjs", "lighthouse", "pingdom", "uptimerobot", "statuscake",
+    # Script clients and HTTP libraries: a person sending these is testing, not
+    # shopping, and no shop page opens from them.  Each is a product token no
+    # browser or in-app web view carries ("curl/" also covers libcurl/ and PycURL/).
     "httrack", "wget", "scrapy", "go-http-client", "okhttp", "java/", "libwww",
     "python-requests", "python-urllib", "python-httpx", "aiohttp", "node-fetch", "axios/",
+    "curl/", "httpie/", "powershell/", "postmanruntime/", "insomnia/", "apache-httpclient",
+    "guzzlehttp", "rest-client/", "faraday v", "http-tiny/", "lwp::", "undici",
 )
 # Only the head of a User-Agent is matched and remembered: the cache stays
 # bounded in bytes whatever header sizes the server admits.

@@ -5,8 +5,9 @@ One Tansu + Redis stack and two edge processes serve the whole module:
 * edge ``A``: the harness defaults (verdict header on, no rate limit, one
   trusted proxy hop so ``X-Forwarded-For`` names the buyer);
 * edge ``B``: a safe landing page, a cookie ``Domain`` and a tight per-IP rate
-  limit (1/s, burst 3).  Refusals are decided before rate limiting, so the
-  safe-landing pass is not disturbed by the limit.
+  limit (1/s, burst 3), checked before anything else, whatever the method.
+  Every case sends from its own address, so the safe-landing pass is not
+  disturbed by the limit.
 
 Every request carries its own ``X-Forwarded-For`` address, so the click events
 a test caused can be picked out of the shared clicks topic by ``ip``.
@@ -849,6 +850,19 @@ async def test_rate_limit_per_client_address(edge_b: EdgeProcess,
     assert other[1].status == 302
     assert other[1].verdict == "valid"
     sent.append(other)
+    await assert_one_event_per_response(module_stack, sent)
+
+
+async def test_rate_limit_covers_other_methods(edge_b: EdgeProcess,
+                                              module_stack: LocalStack) -> None:
+    """A POST flood from one address is limited like a GET flood: 405s, then 429s."""
+    ip = case_ip(4, 3)
+    sent = [await click(edge_b, VALID, ip=ip, method="POST") for _ in range(6)]
+    assert [r.status for _, r in sent] == [405, 405, 405, 429, 429, 429]
+    assert [r.verdict for _, r in sent] == ["malformed"] * 3 + ["rate_limited"] * 3
+    for _, r in sent[3:]:
+        assert r.headers.get("retry-after") == "1"
+        assert "allow" not in r.headers
     await assert_one_event_per_response(module_stack, sent)
 
 

@@ -24,7 +24,9 @@ from contracts.records import Record
 from contracts.settings import load_settings
 from contracts.targets import AllowList
 from edge import redirect, telemetry
-from edge.redirect import LINK_CACHE_GENERATION, RedirectEndpoint
+from edge.ratelimit import IpRateLimiter
+from edge.redirect import LINK_CACHE_GENERATION, MAX_ATTRIBUTION_COOKIES, RedirectEndpoint
+from edge.requester import RequesterFilter
 from edge.settings import EdgeSettings
 
 LINK_RING = generate_ring(("k1",), 32)
@@ -154,12 +156,15 @@ class Harness:
 
     def request(self, query: bytes, *, method: str = "GET", ua: bytes | None = CHROME,
                 headers: list[tuple[bytes, bytes]] | None = None,
-                client: tuple[str, int] | None = (PEER, 1234)) -> Response:
+                client: tuple[str, int] | None = (PEER, 1234),
+                http_version: str | None = None) -> Response:
         hs = list(headers or [])
         if ua is not None:
             hs.append((b"user-agent", ua))
         scope: dict[str, Any] = {"type": "http", "method": method, "path": "/c",
                                  "query_string": query, "headers": hs, "client": client}
+        if http_version is not None:
+            scope["http_version"] = http_version
         messages: list[MutableMapping[str, Any]] = []
 
         async def send(message: MutableMapping[str, Any]) -> None:
@@ -402,6 +407,8 @@ def test_expiry_is_checked_per_request_not_per_cache_entry(
 BOT_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("googlebot", {"ua": b"Mozilla/5.0 (compatible; Googlebot/2.1)"}, "user agent matches 'bot'"),
     ("whatsapp", {"ua": b"WhatsApp/2.23.20.0 A"}, "user agent matches 'whatsapp'"),
+    ("curl", {"ua": b"curl/8.4.0"}, "user agent matches 'curl/'"),
+    ("postman", {"ua": b"PostmanRuntime/7.36.0"}, "user agent matches 'postmanruntime/'"),
     ("no-ua", {"ua": None}, "no user agent"),
     ("empty-ua", {"ua": b""}, "no user agent"),
     ("head", {"method": "HEAD"}, "HEAD request"),
@@ -623,6 +630,178 @@ def test_rate_limit_precedes_expiry_and_bot_checks() -> None:
     assert h.request(q, ua=b"Googlebot").event.verdict is Verdict.RATE_LIMITED
 
 
+def no_refill(burst: int) -> Harness:
+    """An endpoint whose limiter refills once in ~11 days: counts, not timing, decide."""
+    h = Harness({"rate_limit_per_s": 1, "rate_limit_burst": burst, "duplicate_window_s": 0})
+    h.endpoint._limiter = IpRateLimiter(1e-6, burst)
+    return h
+
+
+# (method, http_version, status while the client has tokens)
+ANY_REQUEST = [("POST", None, 405), ("PUT", None, 405), ("DELETE", None, 405),
+               ("OPTIONS", None, 405), ("PATCH", None, 405), ("HEAD", None, 302),
+               ("GET", None, 302), ("GET", "0.9", 400)]
+
+
+@pytest.mark.parametrize(("method", "version", "status"), ANY_REQUEST,
+                         ids=[f"{m}-{v or '1.1'}" for m, v, _ in ANY_REQUEST])
+def test_the_limit_covers_every_method(method: str, version: str | None, status: int) -> None:
+    """1,000 requests of one kind from one address, burst 500: 500 answers, then 429s."""
+    h = no_refill(500)
+    q = mint()
+    statuses = [h.request(q, method=method, http_version=version).status for _ in range(1000)]
+    assert statuses == [status] * 500 + [429] * 500
+    assert count(Verdict.RATE_LIMITED) == 500
+    assert len(h.events) == 1000  # still one event per request
+    # Another address is not affected by this one's flood.
+    assert h.request(q, method=method, http_version=version,
+                     client=("10.0.0.2", 1)).status == status
+
+
+# ------------------------------------------------------------------ bounded work per request
+
+# Sealed under the right key id with another secret: each one passes every cheap
+# check and costs a full AES-GCM open before it is refused.
+FORGED = CookieSealer(generate_ring(("c1",), 32)).seal(
+    Attribution("forged", "P", "C", "0" * 28, 1, 2))
+GENUINE = SEALER.seal(Attribution("visitor-genuine", "P", "C", "0" * 28, 1, 2))
+
+
+def cookie_header(values: list[str]) -> list[tuple[bytes, bytes]]:
+    return [(b"cookie", "; ".join(f"cps_attr={v}" for v in values).encode())]
+
+
+@pytest.fixture
+def unseals(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The values every CookieSealer.unseal call was given: the per-cookie crypto cost."""
+    calls: list[str] = []
+    real = CookieSealer.unseal
+
+    def counting(self: CookieSealer, value: str) -> Attribution | None:
+        calls.append(value)
+        return real(self, value)
+
+    monkeypatch.setattr(CookieSealer, "unseal", counting)
+    return calls
+
+
+@pytest.fixture
+def bot_checks(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    calls: list[bytes] = []
+    real = RequesterFilter.bot_reason
+
+    def counting(self: RequesterFilter, ua: bytes) -> str | None:
+        calls.append(ua)
+        return real(self, ua)
+
+    monkeypatch.setattr(RequesterFilter, "bot_reason", counting)
+    return calls
+
+
+def test_attribution_cookies_tried_are_few() -> None:
+    assert 2 <= MAX_ATTRIBUTION_COOKIES <= 4  # a stale one or two, never "all of them"
+
+
+# Every path that reads the visitor id: (request kwargs, verdict).
+VISITOR_PATHS: list[tuple[str, dict[str, Any], Verdict]] = [
+    ("valid", {}, Verdict.VALID),
+    ("head", {"method": "HEAD"}, Verdict.BOT),
+    ("bot-ua", {"ua": b"curl/8.4.0"}, Verdict.BOT),
+    ("expired", {"query": mint(expires_at=int(time.time()) - 5)}, Verdict.EXPIRED),
+    ("invalid-link", {"query": b"garbage"}, Verdict.MALFORMED),
+    ("bad-signature", {"query": mint(ring=SAME_KID_OTHER_SECRET)}, Verdict.BAD_SIGNATURE),
+    ("post", {"method": "POST"}, Verdict.MALFORMED),
+    ("http-0.9", {"http_version": "0.9"}, Verdict.MALFORMED),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "verdict"), [c[1:] for c in VISITOR_PATHS],
+                         ids=[c[0] for c in VISITOR_PATHS])
+def test_hundreds_of_attribution_cookies_cost_a_few_unseals(
+        unseals: list[str], kwargs: dict[str, Any], verdict: Verdict) -> None:
+    h = Harness()
+    kwargs = dict(kwargs)
+    query = kwargs.pop("query", mint())
+    r = h.request(query, headers=cookie_header([FORGED] * 500 + [GENUINE]), **kwargs)
+    event = assert_one_event(r, verdict)
+    assert len(unseals) == MAX_ATTRIBUTION_COOKIES
+    assert event.buyer_key != "visitor-genuine"  # past the limit: not looked at
+
+
+@pytest.mark.parametrize("position", range(MAX_ATTRIBUTION_COOKIES))
+def test_a_genuine_cookie_among_the_first_few_counts(unseals: list[str], position: int) -> None:
+    h = Harness()
+    values = [FORGED] * position + [GENUINE] + [FORGED] * 50
+    r = h.request(mint(), headers=cookie_header(values))
+    assert assert_one_event(r, Verdict.VALID).buyer_key == "visitor-genuine"
+    assert len(unseals) == position + 1  # stops at the first genuine one
+
+
+def test_a_genuine_cookie_after_the_first_few_is_ignored(h: Harness) -> None:
+    values = [FORGED] * MAX_ATTRIBUTION_COOKIES + [GENUINE]
+    r = h.request(mint(), headers=cookie_header(values))
+    assert assert_one_event(r, Verdict.VALID).buyer_key not in ("", "visitor-genuine")
+
+
+def test_other_cookie_names_cost_no_unseal(h: Harness, unseals: list[str]) -> None:
+    other = b"; ".join([b"xcps_attr=" + FORGED.encode()] * 500 + [b"a=cps_attr=1"])
+    r = h.request(mint(), headers=[(b"cookie", other + b"; cps_attr=" + GENUINE.encode())])
+    assert assert_one_event(r, Verdict.VALID).buyer_key == "visitor-genuine"
+    assert unseals == [GENUINE]
+
+
+def test_no_cookie_no_unseal(h: Harness, unseals: list[str]) -> None:
+    h.request(mint())
+    h.request(mint(), headers=[(b"cookie", b"theme=dark; lang=zh")])
+    assert unseals == []
+
+
+@pytest.mark.parametrize(("method", "version", "status"), ANY_REQUEST,
+                         ids=[f"{m}-{v or '1.1'}" for m, v, _ in ANY_REQUEST])
+def test_a_rate_limited_request_does_no_crypto(
+        unseals: list[str], verify_calls: list[bytes], bot_checks: list[bytes],
+        method: str, version: str | None, status: int) -> None:
+    """Past the limit: no HMAC, no AES-GCM, no User-Agent scan, whatever the request."""
+    h = no_refill(1)
+    cookies = cookie_header([FORGED] * 500)
+    assert h.request(mint(), method=method, http_version=version,
+                     headers=cookies).status == status
+    unseals.clear()
+    verify_calls.clear()
+    bot_checks.clear()
+    for n in range(20):  # unseen links: nothing cached to lean on
+        r = h.request(mint(promoter=f"flood-{n}"), method=method, http_version=version,
+                      headers=cookies)
+        assert r.status == 429
+        assert_one_event(r, Verdict.RATE_LIMITED)
+    assert unseals == []
+    assert verify_calls == []
+    assert bot_checks == []
+
+
+def test_a_rate_limited_post_emits_the_usual_rate_limited_event() -> None:
+    h = no_refill(1)
+    q = mint()
+    assert h.request(q).status == 302
+    by_get, by_post = h.request(q), h.request(q, method="POST")
+    assert by_get.status == by_post.status == 429
+    assert by_post.header(b"allow") is None  # a 429, not a 405 in disguise
+    get_event, post_event = by_get.raw_event, by_post.raw_event
+    for volatile in ("click_id", "ts"):
+        get_event.pop(volatile)
+        post_event.pop(volatile)
+    assert post_event == get_event
+    assert post_event["verdict"] == "rate_limited"
+    assert post_event["promoter_id"] == "P1"
+
+
+def test_forwarded_for_is_not_split_beyond_the_hops() -> None:
+    header = b"," * 100_000 + b"198.51.100.7, 203.0.113.9"
+    assert redirect._forwarded_ip(header, 2) == "198.51.100.7"
+    assert redirect._forwarded_ip(header, 3) is None  # an empty entry
+    assert redirect._forwarded_ip(b"1.1.1.1, 198.51.100.7, 203.0.113.9", 3) == "1.1.1.1"
+
+
 # ------------------------------------------------------------------ duplicates
 
 
@@ -731,7 +910,8 @@ def test_verdict_header_when_enabled() -> None:
         (h.request(q), "duplicate"),
         (h.request(q, method="HEAD", client=("10.0.0.6", 1)), "bot"),
         (h.request(q), "rate_limited"),  # the fourth request of this client: burst is 3
-        (h.request(q, method="POST"), "malformed"),
+        (h.request(q, method="POST"), "rate_limited"),  # the limit covers every method
+        (h.request(q, method="POST", client=("10.0.0.7", 1)), "malformed"),
         (h.request(mint(expires_at=1), client=("10.0.0.5", 1)), "expired"),
     ]
     for r, verdict in cases:
@@ -882,7 +1062,8 @@ def test_every_path_emits_exactly_one_event_and_counts_it() -> None:
         lambda: h.request(q),
         lambda: h.request(q),
         lambda: h.request(q),
-        lambda: h.request(q, method="POST"),
+        lambda: h.request(q, method="POST", client=("10.0.0.11", 1)),
+        lambda: h.request(q, method="POST"),  # PEER is out of tokens: 429, not 405
         lambda: h.request(mint(ring=OTHER_KID_RING), client=("10.0.0.10", 1)),
         lambda: h.request(q, client=("10.0.0.7", 1), ua=b"Twitterbot/1.0"),
         lambda: h.request(mint(expires_at=1), client=("10.0.0.8", 1)),
@@ -898,7 +1079,7 @@ def test_every_path_emits_exactly_one_event_and_counts_it() -> None:
     assert counts[Verdict.MALFORMED] == 2
     assert counts[Verdict.VALID] == 1
     assert counts[Verdict.DUPLICATE] == 1
-    assert counts[Verdict.RATE_LIMITED] == 1
+    assert counts[Verdict.RATE_LIMITED] == 2
     assert counts[Verdict.UNKNOWN_KEY] == 1
     assert counts[Verdict.BOT] == 1
     assert counts[Verdict.EXPIRED] == 1

@@ -76,7 +76,6 @@ BUYERS: dict[str, str] = {
                   "AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/89.0.4389.72 "
                   "MQQBrowser/6.2 TBS/046011 Mobile Safari/537.36 V1_AND_SQ_8.8.68_2538_YYB_D "
                   "QQ/8.8.68.7265 NetType/WIFI WebP/0.3.0 Pixel/1080",
-    "curl": "curl/8.4.0",
 }
 
 # Crawlers and link-preview fetchers: redirected, but no cookie and no billable click.
@@ -119,6 +118,41 @@ NOT_BUYERS: dict[str, str] = {
     "java": "Java/17.0.2",
     "scrapy": "Scrapy/2.11.0 (+https://scrapy.org)",
     "pinterestbot": "Mozilla/5.0 (compatible; Pinterestbot/1.0; +http://www.pinterest.com/bot.html)",
+    "curl": "curl/8.4.0",
+}
+
+# Script clients and HTTP libraries as they announce themselves by default.  The
+# README calls them bots: someone testing a link is not a buyer.
+SCRIPT_CLIENTS: dict[str, str] = {
+    "curl": "curl/8.4.0",
+    "curl-old": "curl/7.29.0",
+    "pycurl": "PycURL/7.45.2 libcurl/8.4.0 OpenSSL/3.0.11 zlib/1.2.13",
+    "php-curl-libcurl": "libcurl/7.88.1",
+    "wget": "Wget/1.21.4",
+    "wget2": "wget2/2.1.0",
+    "httpie": "HTTPie/3.2.2",
+    "powershell-7": "Mozilla/5.0 (Windows NT 10.0; Microsoft Windows 10.0.22631; en-US) "
+                    "PowerShell/7.4.0",
+    "windows-powershell": "Mozilla/5.0 (Windows NT; Windows NT 10.0; en-US) "
+                          "WindowsPowerShell/5.1.22621.2506",
+    "postman": "PostmanRuntime/7.36.0",
+    "insomnia": "insomnia/2023.5.8",
+    "apache-httpclient": "Apache-HttpClient/4.5.14",
+    "apache-httpclient-java": "Apache-HttpClient/5.2.1 (Java/17.0.9)",
+    "guzzle": "GuzzleHttp/7",
+    "ruby-rest-client": "rest-client/2.1.0 (linux-gnu x86_64) ruby/3.2.2p53",
+    "ruby-faraday": "Faraday v2.7.12",
+    "perl-http-tiny": "HTTP-Tiny/0.086",
+    "perl-lwp": "LWP::Simple/6.72 libwww-perl/6.72",
+    "perl-lwp-useragent": "lwp-request/6.72 libwww-perl/6.72",
+    "node-undici": "undici",
+    "python-requests": "python-requests/2.31.0",
+    "python-urllib3": "python-urllib3/2.1.0",
+    "httpx": "python-httpx/0.26.0",
+    "go": "Go-http-client/2.0",
+    "okhttp": "okhttp/4.12.0",
+    "axios": "axios/1.6.2",
+    "scrapy": "Scrapy/2.11.0 (+https://scrapy.org)",
 }
 
 
@@ -252,6 +286,42 @@ def test_pinterest_in_app_browser_is_a_buyer(filt: RequesterFilter) -> None:
                                 b"Python/3.11 aiohttp/3.9.1"])
 def test_python_http_clients_are_not_buyers(filt: RequesterFilter, ua: bytes) -> None:
     assert filt.bot_reason(ua) is not None
+
+
+@pytest.mark.parametrize("ua", list(SCRIPT_CLIENTS.values()), ids=list(SCRIPT_CLIENTS))
+def test_script_clients_are_not_buyers(filt: RequesterFilter, ua: str) -> None:
+    reason = filt.bot_reason(ua.encode("latin-1"))
+    assert reason is not None
+    matched = reason.removeprefix("user agent matches ").strip("'\"")
+    assert matched in ua.lower()
+    assert matched in DEFAULT_BOT_PATTERNS
+
+
+def test_curl_reason_names_the_pattern(filt: RequesterFilter) -> None:
+    assert filt.bot_reason(b"curl/8.4.0") == "user agent matches 'curl/'"
+
+
+# Browser User-Agents that contain a script client's name as a substring
+# somewhere, but not its product token: they stay buyers.
+NEAR_MISSES: dict[str, str] = {
+    "curly-device": "Mozilla/5.0 (Linux; Android 13; Curl 5G) AppleWebKit/537.36 (KHTML, like "
+                    "Gecko) Chrome/120.0.0.0 Mobile Safari/537.36",
+    "windows-chrome-with-powershell-word": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) "
+                                           "AppleWebKit/537.36 (KHTML, like Gecko) "
+                                           "Chrome/120.0.0.0 Safari/537.36 PowerShellHelper",
+}
+
+
+@pytest.mark.parametrize("ua", list(NEAR_MISSES.values()), ids=list(NEAR_MISSES))
+def test_browsers_with_a_client_name_inside_are_buyers(filt: RequesterFilter, ua: str) -> None:
+    assert filt.bot_reason(ua.encode("latin-1")) is None
+
+
+def test_every_default_pattern_spares_the_buyer_table() -> None:
+    """No single pattern matches any buyer: a new pattern cannot silently bill fewer clicks."""
+    for word in DEFAULT_BOT_PATTERNS:
+        hits = [name for name, ua in BUYERS.items() if word in ua.lower()]
+        assert hits == [], (word, hits)
 
 
 # ------------------------------------------------------------------ fetch_reason
