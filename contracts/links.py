@@ -42,6 +42,9 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _EXP_PATTERN = re.compile(rb"[1-9][0-9]{0,11}")
 _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _HEX = re.compile(rb"[0-9a-fA-F]{64}")
+# A minted link is pasted into posts and HTML as is: its base URL is printable
+# ASCII without spaces or backslashes (an IDN edge host goes in as punycode).
+_BASE_URL_CHARS = re.compile(r"[!#$%&'()*+,\-./0-9:;=?@A-Z\[\]_a-z~]+")
 
 _ID_FIELDS = (("p", "promoter_id"), ("ch", "channel_id"), ("pos", "position_id"),
               ("shop", "shop_id"), ("prod", "product_id"))
@@ -152,11 +155,22 @@ def mint_link(base_url: str, *, ring: KeyRing, promoter_id: str, channel_id: str
 
     ``target`` is normalized (IDNA host, escaped path) and, when ``allow`` is
     given, must be on it: minting a link the edge would refuse helps nobody.
+    Bad inputs, however hostile, raise ``LinkError`` with the reason and
+    nothing else; a link it returns verifies as valid.
     """
-    split = urlsplit(base_url)
-    if split.scheme not in ("http", "https") or not split.netloc or "?" in base_url \
-            or "#" in base_url:
-        raise LinkError("base URL must be http(s)://HOST/PATH without query or fragment")
+    shape = "base URL must be http(s)://HOST[:PORT]/PATH without query or fragment"
+    if not _BASE_URL_CHARS.fullmatch(base_url) or "?" in base_url or "#" in base_url:
+        raise LinkError(shape + ", in printable ASCII without spaces or backslashes "
+                        "(an IDN host as punycode)")
+    try:
+        split = urlsplit(base_url)
+        port = split.port
+    except ValueError:
+        # Unbalanced brackets, a bad IPv6 literal, a port that is no number.
+        raise LinkError(shape) from None
+    if split.scheme not in ("http", "https") or not split.hostname or port == 0 \
+            or "@" in split.netloc:
+        raise LinkError(shape)
     try:
         target = normalize_target(target)
         if allow is not None:

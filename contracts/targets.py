@@ -6,14 +6,26 @@ deliberately narrower than what browsers accept: every trick that makes a
 browser and a parser disagree about the host (backslashes, userinfo,
 scheme-relative ``//host``, percent-encoded or non-ASCII hosts, whitespace,
 trailing dots) is refused rather than interpreted.  ``normalize_target``
-turns a human-typed URL into that narrow form at mint time.
+turns a human-typed URL into that narrow form at mint time; for any ``str``
+it returns a target ``parse_target`` accepts or raises ``TargetError``, never
+another exception.
+
+The edge appends its tracking parameters (``TRACKING_PARAMS``) to the target,
+so a target must not already name one: the landing page's framework would
+take the link author's value, which comes first.  Query names are compared
+the way frameworks read them, not as written: percent-decoded ("+" as
+space), split on "&" and ";", case-folded, and with the name mangling of PHP
+and Rack (``cps.click.id``, ``cps_click_id[]``), so ``%63ps_click_id`` is
+refused like ``cps_click_id``.  The comparison is the union of those
+readings: it refuses a few names no framework would collide on rather than
+miss one that some framework does.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote_to_bytes, urlsplit, urlunsplit
 
 MAX_TARGET_LEN = 2048
 # The edge appends these to the target; a target already carrying them would
@@ -29,7 +41,13 @@ _ENTRY = re.compile(r"(\*\.)?([a-z0-9.-]+)(?::(\d{1,5}))?")
 # WHATWG URL parsing turns a host whose last label is numeric (decimal, octal or
 # 0x-hex) into an IPv4 address: "0x7f000001" is 127.0.0.1 to a browser.
 _NUMERIC_LABEL = re.compile(r"0x[0-9a-f]*|[0-9]+")
-_RESERVED = re.compile(r"[?&](?:" + "|".join(TRACKING_PARAMS) + ")=")
+_TRACKING = frozenset(TRACKING_PARAMS)
+_QUERY_SEPARATORS = re.compile(r"[&;]")
+_BRACKET = re.compile(r"[\[\]]")
+_PERCENT_U = re.compile(r"%[uU]([0-9a-fA-F]{4})")
+# PHP turns " " and "." in a name into "_"; and "[" too when no "]" closes it.
+_PHP_MANGLE = str.maketrans(" .", "__")
+_PHP_MANGLE_OPEN_BRACKET = str.maketrans(" .[", "___")
 
 
 class TargetError(ValueError):
@@ -77,21 +95,78 @@ def parse_target(url: str) -> ParsedTarget:
         raise TargetError("target host is not a plain DNS name")
     if _NUMERIC_LABEL.fullmatch(labels[-1]):
         raise TargetError("target host must be a DNS name, not an IP address")
-    if _RESERVED.search(rest[end:].partition("#")[0]):
-        raise TargetError("target must not carry the edge's tracking parameters")
+    # The query is what follows the first "?" up to the first "#", the stretch
+    # the edge appends its parameters to; a "?" after the "#" is fragment text.
+    query = rest[end:].partition("#")[0].partition("?")[2]
+    for piece in _QUERY_SEPARATORS.split(query):
+        # A bare "cps_click_id" (no "=") counts too: it reads as an empty first value.
+        name = piece.partition("=")[0]
+        # Without an escape a name is plain ASCII, and every reading of it keeps
+        # the letters "cps" that start each tracking name: most names stop here.
+        if "%" not in name and "+" not in name and "cps" not in name.lower():
+            continue
+        read_as = _tracking_param_read_as(name)
+        if read_as is not None:
+            raise TargetError(f"target query name {name[:40]!r} reads as {read_as!r}, "
+                              "a tracking parameter the edge adds")
     return ParsedTarget(scheme, host, port)
+
+
+def _tracking_param_read_as(raw: str) -> str | None:
+    """The tracking parameter some framework files the raw query name ``raw`` under.
+
+    The readings covered (their union, so a few harmless names are refused too):
+
+    * every framework percent-decodes, "+" as space.  Bytes that are not UTF-8
+      are dropped: that matches decoders that drop them, and anything a decoder
+      that replaces them with U+FFFD could match (U+FFFD never matches);
+    * ASP.NET also decodes ``%uXXXX`` (here after the ``%XX`` pass, which
+      refuses a few double-encoded names too) and compares names
+      case-insensitively (its invariant upper case maps U+017F to "S"):
+      case-folded here;
+    * PHP reads a name as a C string (NUL ends it), drops leading spaces, turns
+      " " and "." into "_", files ``name[...]`` as an array under ``name`` and
+      turns a "[" that no "]" closes into "_";
+    * Rack, qs and PHP nest ``name[...]`` under ``name``; Rack 2 also drops
+      leading brackets (``[cps_click_id]``).
+    """
+    name = raw
+    if "%" in name or "+" in name:
+        name = unquote_to_bytes(name.replace("+", " ")).decode("utf-8", "ignore")
+        if "%" in name:
+            name = _PERCENT_U.sub(lambda m: chr(int(m.group(1), 16)), name)
+    name = name.partition("\x00")[0].casefold().lstrip(" []")
+    for key in (_BRACKET.split(name, maxsplit=1)[0].translate(_PHP_MANGLE),
+                name.translate(_PHP_MANGLE_OPEN_BRACKET)):
+        if key in _TRACKING:
+            return key
+    return None
 
 
 def normalize_target(url: str) -> str:
     """Turn a typed URL into the narrow form: IDNA host, lowercase, escaped path.
 
     Raises ``TargetError`` for what cannot be made safe (other schemes,
-    userinfo, backslashes, ...): those are refused, not repaired.
+    userinfo, backslashes, ...): those are refused, not repaired.  It raises
+    nothing else, whatever the string: ``cps-link mint`` reports the reason.
     """
     url = url.strip()
     if "\\" in url or any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
         raise TargetError("target has a backslash, whitespace or control character")
-    parts = urlsplit(url)
+    try:
+        url.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (say, a byte that is not UTF-8 read with
+        # errors="surrogateescape") has no UTF-8 form to percent-encode.
+        raise TargetError("target holds a lone surrogate: not valid Unicode text") from None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        # urlsplit refuses unbalanced brackets and IP literals it cannot parse,
+        # and hosts whose NFKC form holds a delimiter: a browser reads
+        # "evil.example\uff0fx.shop.example.com" (fullwidth solidus) as host evil.example.
+        raise TargetError("target host is not a plain DNS name (brackets, or characters "
+                          "that normalize to URL delimiters)") from None
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS or not url.lower().startswith(scheme + "://"):
         raise TargetError("target scheme must be http or https")
@@ -100,6 +175,9 @@ def normalize_target(url: str) -> str:
         raise TargetError("target has no host")
     if "@" in parts.netloc:
         raise TargetError("target must not carry userinfo")
+    if "[" in parts.netloc or "]" in parts.netloc:
+        # An IP literal; and hostname would turn "[v1.x]" (IPvFuture) into the DNS name v1.x.
+        raise TargetError("target host must be a DNS name, not a bracketed IP literal")
     try:
         port = parts.port
     except ValueError:

@@ -14,6 +14,7 @@ from contracts.keys import KeyRing, generate_ring
 from contracts.link_cli import DEFAULT_BASE_URL, main
 from contracts.links import inspect_link
 from contracts.targets import AllowList
+from tests.unit.test_targets import HOSTILE_UNICODE
 
 SECRET = bytes(range(32))
 KEYS = "k1:" + base64.urlsafe_b64encode(SECRET).decode().rstrip("=")
@@ -204,6 +205,39 @@ def test_mint_refusals_exit_2(capsys: pytest.CaptureFixture[str], extra: tuple[s
     assert out == ""
     assert_clean_error(err)
     assert "cannot mint" in err
+
+
+@pytest.mark.parametrize(
+    "target",
+    [*HOSTILE_UNICODE,
+     "https://shop.example.com/?%63ps_click_id=evil",
+     "https://shop.example.com/?cps%5Fpromoter=evil",
+     "https://shop.example.com/?cps.click.id=evil",
+     "https://shop.example.com/?cps_click_id[]=evil",
+     "https://shop.example.com/?a=1;cps_channel=evil"],
+)
+def test_mint_hostile_targets_exit_2_with_a_reason(capsys: pytest.CaptureFixture[str],
+                                                  target: str) -> None:
+    # These used to end in a ValueError or UnicodeEncodeError traceback, or to mint.
+    code, out, err = run(capsys, "mint", "--promoter", "p", "--channel", "c", "--target", target)
+    assert code == 2
+    assert out == ""
+    assert_clean_error(err)
+    assert err.startswith("cps-link: cannot mint: target ")
+    assert err.isascii()
+
+
+@pytest.mark.parametrize("base", ["https://edge.example\uff0fx/c", "https://[/c",
+                                  "https://edge.example]/c", "https://edge.example/c\udcff",
+                                  "https://edge.example:x/c"])
+def test_mint_hostile_base_urls_exit_2_with_a_reason(capsys: pytest.CaptureFixture[str],
+                                                    base: str) -> None:
+    code, out, err = run(capsys, "mint", "--promoter", "p", "--channel", "c",
+                         "--target", "https://shop.example.com/", "--base-url", base)
+    assert code == 2
+    assert out == ""
+    assert_clean_error(err)
+    assert err.startswith("cps-link: cannot mint: base URL ")
 
 
 def test_mint_off_list_target_names_the_host(capsys: pytest.CaptureFixture[str]) -> None:

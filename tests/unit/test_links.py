@@ -25,9 +25,11 @@ from contracts.links import (
     inspect_link,
     mint_link,
     sign_query,
+    signature,
     verify_query,
 )
 from contracts.targets import AllowList, normalize_target
+from tests.unit.test_targets import HOSTILE_UNICODE, SMUGGLED_QUERIES, any_target, url_ish
 
 SECRET_1 = bytes(range(32))
 SECRET_2 = bytes(range(100, 132))
@@ -712,6 +714,88 @@ def test_mint_refuses_non_printable_sub_ids(char: str) -> None:
         mint(sub_ids=(f"a{char}b",))
 
 
+@pytest.mark.parametrize("target", HOSTILE_UNICODE)
+def test_mint_refuses_hostile_unicode_targets_with_link_error(target: str) -> None:
+    # These made urlsplit or quote raise ValueError / UnicodeEncodeError through mint_link.
+    with pytest.raises(LinkError) as info:
+        mint(target=target)
+    assert str(info.value)
+    with pytest.raises(LinkError):
+        mint(target=target, allow=None)
+
+
+HOSTILE_BASES = [
+    "https://edge.example\uff0fx/c",  # urlsplit: NFKC netloc check
+    "https://[/c",
+    "https://edge.example]/c",  # urlsplit: invalid IPv6 URL
+    "https://[::1/c",
+    "https://[0:0:0:0:0:\ufb00\ufb00:127.0.0.1]/c",
+    "https://edge.example/c\udcff",  # the link could not be printed or encoded
+    "https://edge.example:99999/c",
+    "https://edge.example:x/c",
+    "https://edge.example:0/c",
+    "https://:443/c",
+    "https://user@edge.example/c",
+    "https://edge.example/c d",
+    "https://edge.example/c\n",
+    " https://edge.example/c",
+    "https://edge.example\\@evil.example/c",
+    "https://\u00e9dge.example/c",
+]
+
+
+@pytest.mark.parametrize("base", HOSTILE_BASES)
+def test_mint_refuses_hostile_base_urls_with_link_error(base: str) -> None:
+    with pytest.raises(LinkError, match="base URL") as info:
+        mint_link(base, ring=RING, promoter_id="p", channel_id="c",
+                  target="https://shop.example.com/", ttl_seconds=60)
+    assert str(info.value).isascii()
+
+
+@pytest.mark.parametrize("base", ["http://127.0.0.1:8000/c", "http://[::1]:8000/c",
+                                  "HTTPS://Edge.Example", "https://edge.example:8443/a/b;c=d"])
+def test_mint_accepts_ordinary_base_urls(base: str) -> None:
+    url = mint_link(base, ring=RING, promoter_id="p", channel_id="c",
+                    target="https://shop.example.com/", ttl_seconds=60)
+    assert url.startswith(base + "?p=p&ch=c&t=")
+
+
+@pytest.mark.parametrize("query", SMUGGLED_QUERIES)
+def test_mint_refuses_smuggled_tracking_params(query: str) -> None:
+    for allow in (ALLOW, None):
+        with pytest.raises(LinkError, match="tracking parameter"):
+            mint(target=f"https://shop.example.com/landing?{query}", allow=allow)
+
+
+def hand_signed(target: str, secret: bytes = SECRET_1, kid: str = "k1") -> bytes:
+    """A correctly signed query for ``target``, bypassing mint's checks.
+
+    What a link minted before a check existed looks like, or one from a leaked key.
+    """
+    signed = canonical_query(Link(promoter_id="prom1", channel_id="chan1", target=target,
+                                  expires_at=EXP), kid).encode("ascii")
+    return signed + b"&sig=" + signature(secret, signed).hex().encode("ascii")
+
+
+def test_hand_signed_helper_makes_valid_links() -> None:
+    check = verify(hand_signed("https://shop.example.com/landing?x=1&cps_clickid=2"))
+    assert check.verdict is V.VALID, check.reason
+
+
+@pytest.mark.parametrize("query", SMUGGLED_QUERIES)
+def test_edge_refuses_signed_links_with_smuggled_tracking_params(query: str) -> None:
+    raw = hand_signed(f"https://shop.example.com/landing?{query}")
+    check = verify(raw)
+    assert check.verdict is V.TARGET_NOT_ALLOWED, check.reason
+    assert "tracking parameter" in check.reason
+    assert check.link is not None
+    assert check.kid == "k1"
+    # A re-encoded copy (lowercase escapes: the slow path) gets the same verdict.
+    slow = raw.replace(b"%3A", b"%3a")
+    assert slow != raw
+    assert verify(slow).verdict is V.TARGET_NOT_ALLOWED
+
+
 def test_expires_at_beats_ttl() -> None:
     url = mint(expires_at=12345, ttl_seconds=60, now=0)
     assert dict(split_pairs(query_of(url)))["exp"] == "12345"
@@ -838,3 +922,31 @@ def test_property_verify_never_raises_on_query_shaped_input(
 def test_property_inspect_link_never_raises(url: str) -> None:
     check = inspect_link(url, RING, ALLOW, now=0)
     assert check.verdict is not V.VALID
+
+
+# The allow-list of the brief: the apex and its subdomains.
+SHOP_ALLOW = AllowList.parse("shop.example.com,*.shop.example.com")
+
+
+def _mint_is_valid_or_link_error(base: str, target: str) -> None:
+    try:
+        url = mint_link(base, ring=RING, promoter_id="p", channel_id="c", target=target,
+                        expires_at=EXP, allow=SHOP_ALLOW)
+    except LinkError:
+        return
+    assert url.startswith(base + "?")
+    check = verify_query(query_of(url).encode("ascii"), RING, SHOP_ALLOW)
+    assert check.verdict is V.VALID, check.reason
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(any_target())
+def test_property_mint_any_target_gives_a_valid_link_or_link_error(target: str) -> None:
+    _mint_is_valid_or_link_error(BASE, target)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.text() | url_ish() | st.tuples(st.sampled_from(["https://", "http://edge.example"]),
+                                         url_ish()).map("".join))
+def test_property_mint_any_base_url_gives_a_valid_link_or_link_error(base: str) -> None:
+    _mint_is_valid_or_link_error(base, "https://shop.example.com/landing")

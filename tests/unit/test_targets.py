@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from urllib.parse import parse_qsl
 
 import pytest
 from hypothesis import given, settings
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 
 from contracts.targets import (
     MAX_TARGET_LEN,
+    TRACKING_PARAMS,
     AllowList,
     ParsedTarget,
     TargetError,
@@ -432,3 +434,209 @@ def test_property_allow_list_accepts_only_listed_hosts(text: str) -> None:
         assert target.host == "shop.example.com" or target.host.endswith(".example.net") or \
             (target.host, target.port) == ("localhost", 8080)
         assert target.scheme == "https"
+
+
+# ---------------------------------------------------------------- hostile Unicode: TargetError only
+
+# Inputs on which urlsplit or quote raise (ValueError, UnicodeEncodeError) unless
+# normalize_target catches them first: each must be a TargetError with a reason.
+HOSTILE_UNICODE = [
+    "https://evil.example\uff0fX.shop.example.com",  # fullwidth solidus: NFKC "/"
+    "https://evil.example\uff1fX.shop.example.com",  # fullwidth question mark
+    "https://evil.example\uff03X.shop.example.com",  # fullwidth number sign
+    "https://evil.example\uff20shop.example.com",  # fullwidth commercial at
+    "https://shop.example.com\u2100/",  # ACCOUNT OF: NFKC "a/c"
+    "https://shop.example.com[@evil.example",
+    "https://shop.example.com]/",
+    "https://[shop.example.com/",
+    "https://[0:0:0:0:0:\ufb00\ufb00:127.0.0.1]",  # ligature ff in an IPv6 literal
+    "https://[::ffff:127.0.0.1]/",
+    "https://[v1.x]/",  # IPvFuture: urlsplit's hostname would be the DNS name v1.x
+    "https://[v1.shop.example.com]/",
+    "https://shop.example.com/\ud800",
+    "https://shop.example.com/\udcff",  # the byte 0xff read with errors="surrogateescape"
+    "https://shop.example.com/?q=\udcff",
+    "https://shop.example.com/?\udcff=1",
+    "https://shop.example.com/#\udfff",
+    "https://shop.example.com\udcff/",
+    "https://\ud83d.example.com/",
+    "\udcffhttps://shop.example.com/",
+]
+
+
+@pytest.mark.parametrize("url", HOSTILE_UNICODE)
+def test_normalize_target_refuses_hostile_unicode_with_target_error(url: str) -> None:
+    with pytest.raises(TargetError) as info:
+        normalize_target(url)
+    assert str(info.value)
+    with pytest.raises(TargetError):
+        parse_target(url)
+    with pytest.raises(TargetError):
+        ALLOW.check(url)
+
+
+def test_fullwidth_solidus_reason_names_the_cause() -> None:
+    with pytest.raises(TargetError, match="normalize to URL delimiters"):
+        normalize_target(HOSTILE_UNICODE[0])
+    with pytest.raises(TargetError, match="surrogate"):
+        normalize_target("https://shop.example.com/\udcff")
+
+
+# Pieces a fuzzer would take long to find alone: schemes, allowed and foreign hosts,
+# delimiters, brackets, escapes, lookalikes of delimiters, lone surrogates, tracking names.
+URL_PIECES = [
+    "https://", "http://", "HTTPS://", "https:", "//", "javascript:",
+    "shop.example.com", "SHOP.Example.COM", "a.shop.example.com", "evil.example",
+    "b\u00fccher.de", "\u4f8b\u3048.jp", "\u0430pple.com", "xn--", "0x7f000001", "127.0.0.1",
+    ".", "..", "-", ":", ":443", ":8443", ":0", ":99999", ":\uff11",
+    "/", "?", "#", "&", ";", "=", "@", "[", "]", "::1", "\\", "\t", "\x00",
+    "%", "%2", "%2F", "%2E", "%63", "%5F", "%5B%5D", "%00", "%FF", "%C3%28", "%u0063", "+",
+    "\uff0f", "\uff1f", "\uff03", "\uff20", "\u3002", "\u2100", "\ufb00", "\u00a0", "\u200b",
+    "\u202e", "\u2028", "\ud800", "\udcff", "\u00fc", "\U0001f600",
+    "?cps_click_id=", "&cps_promoter=", ";cps_channel", "cps_click_id", "cps.click.id",
+    "cps_click_id[]", "cp\u017f_click_id", "x=1",
+]
+
+
+def url_ish() -> st.SearchStrategy[str]:
+    """URL-shaped strings: a few of the pieces above, with random text between them."""
+    # Filler without controls and spaces, which the first check refuses: st.text() has those.
+    filler = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zs")), max_size=3)
+    piece = st.sampled_from(URL_PIECES) | filler
+    return st.lists(piece, max_size=12).map("".join)
+
+
+_STARTS = ["https://", "http://", "https://shop.example.com", "https://a.shop.example.com/?"]
+
+
+def any_target() -> st.SearchStrategy[str]:
+    """Any text, URL-shaped text, and URL-shaped text after a plausible start."""
+    started = st.tuples(st.sampled_from(_STARTS), url_ish()).map("".join)
+    return st.text() | url_ish() | started
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(any_target())
+def test_property_normalize_target_returns_a_parsable_target_or_raises_target_error(
+        url: str) -> None:
+    try:
+        out = normalize_target(url)
+    except TargetError:
+        return
+    parse_target(out)  # raises (fails the test) unless the edge would parse it
+    assert normalize_target(out) == out
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(any_target())
+def test_property_parse_target_raises_only_target_error(url: str) -> None:
+    try:
+        target = parse_target(url)
+    except TargetError:
+        return
+    assert url.isascii()
+    assert target.scheme in ("http", "https")
+
+
+# ---------------------------------------------------------------- tracking parameters
+
+# Each names a tracking parameter the way some framework reads the query: the link
+# author's value would come first and the shop would record it.
+SMUGGLED_QUERIES = [
+    "cps_click_id=evil",
+    "cps_promoter=evil",
+    "cps_channel=evil",
+    "a=1&cps_click_id=evil",
+    "a=1;cps_click_id=evil",  # frameworks that split on ";" too
+    "cps_click_id",  # bare name: an empty first value
+    "cps_click_id&a=1",
+    "cps_click_id=",
+    "%63ps_click_id=evil",  # percent-encoded names are decoded
+    "cps%5Fclick%5Fid=evil",
+    "cps%5fpromoter=evil",
+    "%63%70%73%5f%63%68%61%6e%6e%65%6c=evil",
+    "CPS_CLICK_ID=evil",  # ASP.NET compares names case-insensitively
+    "Cps_Promoter=evil",
+    "cp%C5%BF_click_id=evil",  # U+017F LONG S upper-cases to "S" in .NET
+    "%u0063ps_click_id=evil",  # ASP.NET decodes %uXXXX
+    "cps.click.id=evil",  # PHP: "." and " " become "_"
+    "cps+click+id=evil",
+    "cps%20click.id=evil",
+    "cps_click_id[]=evil",  # PHP, Rack, qs: an array under cps_click_id
+    "cps_click_id%5B%5D=evil",
+    "cps_click_id[0]=evil",
+    "cps_click_id[a][b]=evil",
+    "cps[click_id=evil",  # PHP 8: an unclosed "[" becomes "_"
+    "cps[click.id=evil",
+    "+cps_click_id=evil",  # PHP drops leading spaces
+    "%20%20cps_promoter=evil",
+    "[cps_click_id]=evil",  # Rack 2 drops leading brackets
+    "cps_click_id%00junk=evil",  # PHP reads names as C strings
+    "cps_click_id%FF=evil",  # a decoder that drops bytes that are not UTF-8
+    "x=%FF&%63ps_click_id=evil",
+]
+
+
+@pytest.mark.parametrize("query", SMUGGLED_QUERIES)
+def test_tracking_params_are_refused_however_spelled(query: str) -> None:
+    for url in (f"https://shop.example.com/?{query}", f"https://shop.example.com/p?{query}#top",
+                f"https://shop.example.com?{query}"):
+        with pytest.raises(TargetError, match="tracking parameter") as info:
+            parse_target(url)
+        assert "'cps_" in str(info.value)  # says which parameter it reads as
+        with pytest.raises(TargetError):
+            ALLOW.check(url)
+        with pytest.raises(TargetError):
+            normalize_target(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://shop.example.com/?cps_click_idx=1",
+        "https://shop.example.com/?xcps_click_id=1",
+        "https://shop.example.com/?cps=1&click_id=2",
+        "https://shop.example.com/?cps_click[id]=1",  # PHP: an array under cps_click
+        "https://shop.example.com/?cps[click_id]=1",  # PHP: an array under cps
+        "https://shop.example.com/?x=cps_click_id",  # a value, not a name
+        "https://shop.example.com/?x=%63ps_click_id&y=cps_promoter=1",
+        "https://shop.example.com/cps_click_id=1/",  # the path is not the query
+        "https://shop.example.com/a&cps_click_id=1",
+        "https://shop.example.com/#cps_click_id=1",  # the fragment neither
+        "https://shop.example.com/#x?cps_click_id=1",
+        "https://shop.example.com/?q=1#&cps_click_id=1",
+        "https://shop.example.com/?%FF=1&%C3%28=2&%=3&%u12=4&%uD800=5&%2=6",
+        "https://shop.example.com/?&&;;=&",
+        "https://shop.example.com/?",
+    ],
+)
+def test_other_query_names_pass(url: str) -> None:
+    assert ALLOW.check(url).host == "shop.example.com"
+    assert normalize_target(url).startswith("https://shop.example.com/")
+
+
+_QUERY_PIECES = ["cps", "_", "click", "id", "promoter", "channel", "cps_click_id",
+                 "%63", "%5F", "%5f", "%43", ".", "+", "%20", "%2E", "[", "]", "%5B", "%5D",
+                 "%00", "%FF", "%u0063", "%", "&", ";", "=", "x", "1", "C", "\u017f"]
+
+
+def _reference_reads_tracking(query: str) -> bool:
+    """An independent oracle: urllib's decoding, then PHP's mangling and arrays."""
+    for sep in "&;":
+        for name, _ in parse_qsl(query, keep_blank_values=True, separator=sep):
+            folded = name.casefold()
+            php = folded.lstrip(" ").replace(" ", "_").replace(".", "_").partition("[")[0]
+            if folded in TRACKING_PARAMS or php in TRACKING_PARAMS:
+                return True
+    return False
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(st.lists(st.sampled_from(_QUERY_PIECES), min_size=1, max_size=10).map("".join))
+def test_property_no_accepted_query_reads_as_a_tracking_param(query: str) -> None:
+    url = "https://shop.example.com/?" + query
+    try:
+        parse_target(url)
+    except TargetError:
+        return
+    assert not _reference_reads_tracking(query.encode("utf-8").decode("ascii", "ignore"))
