@@ -72,8 +72,7 @@ class EdgeApp:
     async def _lifespan(self, _: Starlette) -> AsyncIterator[None]:
         self.spool.open()
         if self.settings.handoff_ring_bytes:
-            self.deliverer.use_ring(HandoffRing(self.spool.own_path / RING_FILE,
-                                                self.settings.handoff_ring_bytes))
+            self._open_ring()
         await self.deliverer.start()
         # Everything built so far (the duplicate table's half-million slots, the
         # libraries) lives as long as the worker: keep it out of the cyclic GC's
@@ -90,6 +89,17 @@ class EdgeApp:
             await self.deliverer.close(self.settings.shutdown_timeout_s)
             self.spool.close()
             t.workers.set(0)
+
+    def _open_ring(self) -> None:
+        try:
+            ring = HandoffRing(self.spool.own_path / RING_FILE, self.settings.handoff_ring_bytes)
+        except OSError as err:
+            # Serving without crash safety beats not serving: say so loudly.
+            log.error("hand-off ring unavailable (%s, CPS_HANDOFF_RING_BYTES=%d): a crash of "
+                      "this worker would lose its buffered clicks", err,
+                      self.settings.handoff_ring_bytes)
+            return
+        self.deliverer.use_ring(ring)
 
     async def _healthz(self, _: Request) -> Response:
         return PlainTextResponse("ok\n")

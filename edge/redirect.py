@@ -44,6 +44,7 @@ from contracts.cookie import CookieSealer
 from contracts.ids import click_id_ms, new_click_and_visitor, new_click_id
 from contracts.links import LinkCheck, LinkVerdict, verify_query
 from contracts.records import Record
+from contracts.targets import TRACKING_PARAMS
 from edge import telemetry as t
 from edge.dedup import DuplicateWindow
 from edge.ratelimit import IpRateLimiter
@@ -53,7 +54,6 @@ from edge.settings import EdgeSettings
 Scope = MutableMapping[str, Any]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
-TRACKING_PARAMS = ("cps_click_id", "cps_promoter", "cps_channel")
 LINK_CACHE_GENERATION = 5000
 # Attribution cookies tried per request, in header order.  More than one,
 # because a browser can hold several of that name: a stale one from an older
