@@ -13,7 +13,11 @@ except ImportError:  # pragma: no cover - the wheel is a declared dependency
 
 # Kafka topics.  The version suffix changes only with an incompatible schema.
 CLICKS_TOPIC = "cps.clicks.v1"
-ORDERS_TOPIC = "cps.orders.v1"
+ORDERS_TOPIC = "cps.orders.v1"  # contracts.orders, keyed by order_id
+ATTRIBUTIONS_TOPIC = "cps.attributions.v1"  # contracts.attribution, keyed by order_id
+# Messages a consumer could not use (bad schema, unknown master data, a broken
+# status machine), with the reason in headers and the raw bytes as the value.
+DEAD_LETTER_TOPIC = "cps.deadletter.v1"
 
 # Redis fallback for clicks while Kafka is unreachable (a Redis Stream).
 CLICK_FALLBACK_STREAM = "cps:clicks:fallback"
