@@ -9,15 +9,31 @@ when the buyer is unknown), value = the JSON object below, timestamp = ``ts``.
 
 ``click_id`` identifies a click end to end: a consumer that sees the same id
 twice (a replay after a failover) keeps one.
+
+Writing and reading live here together, so the edge and the consumers cannot
+drift apart.  The edge writes an event in two parts: ``event_head`` holds the
+link's fields (computed once per distinct link and cached: during a spike
+thousands of buyers click the same link) and ``event_tail`` the request's;
+``head + tail`` is the JSON object.  Every event carries every field of the
+schema, ``null`` (or ``[]`` for ``sub_ids``) when absent, in a fixed order:
+
+    version, promoter_id, channel_id, position_id, shop_id, product_id, sub_ids,
+    target, link_sig, link_kid, link_exp, raw_query,              <- event_head
+    click_id, ts, verdict, reason, buyer_key, ip, user_agent, referer   <- event_tail
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+from contracts.records import Record
+
+if TYPE_CHECKING:
+    from contracts.links import Link
 
 SCHEMA_VERSION = 1
 MAX_USER_AGENT = 512
@@ -123,3 +139,49 @@ _OPTIONAL_STR = ("promoter_id", "channel_id", "position_id", "shop_id", "product
 def record_key(buyer_key: str) -> bytes | None:
     """The Kafka key for a click: the buyer, so one buyer's clicks stay in order."""
     return buyer_key.encode("utf-8") if buyer_key else None
+
+
+# -- the writer's half: the edge builds events with these, nothing else --------
+
+
+def event_head(link: Link | None = None, *, sig: str | None = None, kid: str | None = None,
+               raw_query: str | None = None) -> bytes:
+    """The link's fields as a JSON object left open: ``head + event_tail(...)`` is the event.
+
+    ``link`` is None when the link could not be verified; ``raw_query`` (truncated
+    to MAX_RAW_QUERY characters) then says what was asked for.
+    """
+    fields: dict[str, Any] = {
+        "version": SCHEMA_VERSION,
+        "promoter_id": link.promoter_id if link else None,
+        "channel_id": link.channel_id if link else None,
+        "position_id": link.position_id if link else None,
+        "shop_id": link.shop_id if link else None,
+        "product_id": link.product_id if link else None,
+        "sub_ids": list(link.sub_ids) if link else [],
+        "target": link.target if link else None,
+        "link_sig": sig if link else None,
+        "link_kid": kid if link else None,
+        "link_exp": link.expires_at if link else None,
+        "raw_query": raw_query[:MAX_RAW_QUERY] if raw_query is not None else None,
+    }
+    return orjson.dumps(fields)[:-1] + b","
+
+
+def event_tail(click_id: str, ts_ms: int, verdict: str, reason: str, buyer_key: str, ip: str,
+               user_agent: bytes, referer: bytes) -> memoryview:
+    """The request's fields, closing the object ``event_head`` opened.
+
+    A memoryview past the opening brace: ``head + tail`` copies the tail once.
+    Headers arrive as bytes and are truncated (MAX_USER_AGENT, MAX_REFERER) here.
+    """
+    return memoryview(orjson.dumps({
+        "click_id": click_id, "ts": ts_ms, "verdict": verdict, "reason": reason,
+        "buyer_key": buyer_key, "ip": ip,
+        "user_agent": user_agent[:MAX_USER_AGENT].decode("utf-8", "replace"),
+        "referer": referer[:MAX_REFERER].decode("utf-8", "replace")}))[1:]
+
+
+def click_record(head: bytes, tail: memoryview, ts_ms: int, buyer_key: str) -> Record:
+    """The Kafka record ``(timestamp, key, value)`` of one click event."""
+    return (ts_ms, buyer_key.encode() if buyer_key else None, head + tail)

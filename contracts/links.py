@@ -26,9 +26,9 @@ import re
 import time
 import unicodedata
 from dataclasses import dataclass
-from enum import StrEnum
 from urllib.parse import quote, unquote_to_bytes, urlsplit
 
+from contracts.clicks import Verdict
 from contracts.keys import KeyRing
 from contracts.targets import AllowList, TargetError, normalize_target, parse_target
 
@@ -53,13 +53,10 @@ _KNOWN = frozenset(["p", "ch", "pos", "shop", "prod", *_SUB_NAMES, "t", "exp", "
 _REQUIRED = ("p", "ch", "t", "exp", "kid", "sig")
 
 
-class LinkVerdict(StrEnum):
-    VALID = "valid"
-    EXPIRED = "expired"
-    BAD_SIGNATURE = "bad_signature"
-    UNKNOWN_KEY = "unknown_key"
-    TARGET_NOT_ALLOWED = "target_not_allowed"
-    MALFORMED = "malformed"
+# One verdict enum for links and click events (``contracts.clicks.Verdict``):
+# verification answers valid, expired, bad_signature, unknown_key,
+# target_not_allowed or malformed; the edge adds the request-level ones.
+LinkVerdict = Verdict
 
 
 class LinkError(ValueError):

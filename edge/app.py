@@ -21,7 +21,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from contracts.settings import load_settings
-from edge import telemetry as t
+from edge import telemetry
 from edge.delivery.deliverer import Deliverer
 from edge.delivery.kafka_sink import KafkaSink
 from edge.delivery.redis_fallback import RedisFallback
@@ -41,7 +41,7 @@ class EdgeApp:
     def __init__(self, settings: EdgeSettings) -> None:
         self.settings = settings
         # Open the metric slots first: the redirect endpoint binds to them.
-        t.REGISTRY.open(settings.metrics_dir)
+        telemetry.REGISTRY.open(settings.metrics_dir)
         self.spool = DiskSpool(settings.spool_dir, fsync=settings.spool_fsync)
         self.kafka = KafkaSink(settings.kafka_bootstrap, timeout_s=settings.kafka_timeout_ms / 1000,
                                client_id=settings.kafka_client_id)
@@ -79,7 +79,7 @@ class EdgeApp:
         # full collections, which otherwise stall redirects for ~10 ms each.
         gc.collect()
         gc.freeze()
-        t.workers.set(1)
+        telemetry.workers.set(1)
         log.info("edge worker ready: redirect path %s, delivery %s", self._path,
                  "fallback" if self.deliverer.fallback_mode else "kafka")
         try:
@@ -88,7 +88,7 @@ class EdgeApp:
             log.info("edge worker stopping: flushing %d buffered clicks", self.deliverer.buffered)
             await self.deliverer.close(self.settings.shutdown_timeout_s)
             self.spool.close()
-            t.workers.set(0)
+            telemetry.workers.set(0)
 
     def _open_ring(self) -> None:
         try:
@@ -112,9 +112,9 @@ class EdgeApp:
                         media_type="application/json")
 
     async def _metrics(self, _: Request) -> Response:
-        t.link_cache.set(self.redirect.cached_links)
-        t.buffer_events.set(self.deliverer.buffered)
-        return Response(t.REGISTRY.render(),
+        telemetry.link_cache.set(self.redirect.cached_links)
+        telemetry.buffer_events.set(self.deliverer.buffered)
+        return Response(telemetry.REGISTRY.render(),
                         media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

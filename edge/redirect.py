@@ -37,15 +37,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import orjson
-
-from contracts.clicks import MAX_RAW_QUERY, MAX_REFERER, MAX_USER_AGENT, SCHEMA_VERSION, Verdict
+from contracts.clicks import MAX_RAW_QUERY, Verdict, click_record, event_head, event_tail
 from contracts.cookie import CookieSealer
 from contracts.ids import click_id_ms, new_click_and_visitor, new_click_id
-from contracts.links import LinkCheck, LinkVerdict, verify_query
+from contracts.links import LinkCheck, verify_query
 from contracts.records import Record
 from contracts.targets import TRACKING_PARAMS
-from edge import telemetry as t
+from edge import telemetry
 from edge.dedup import DuplicateWindow
 from edge.ratelimit import IpRateLimiter
 from edge.requester import RequesterFilter, fetch_reason
@@ -104,30 +102,15 @@ def _cache_entry(check: LinkCheck) -> CachedLink:
         plain_location=link.target.encode("ascii"),
         location_head=f"{base}{sep}{TRACKING_PARAMS[0]}=".encode("ascii"),
         location_tail=tail.encode("ascii"),
-        event_head=_event_head(_link_fields(check)),
+        event_head=event_head(link, sig=check.sig, kid=check.kid),
     )
 
 
-def _link_fields(check: LinkCheck | None) -> dict[str, Any]:
-    link = check.link if check is not None else None
-    if check is None or link is None:
-        return {"version": SCHEMA_VERSION}
-    return {
-        "version": SCHEMA_VERSION,
-        "promoter_id": link.promoter_id, "channel_id": link.channel_id,
-        "position_id": link.position_id, "shop_id": link.shop_id,
-        "product_id": link.product_id, "sub_ids": list(link.sub_ids),
-        "target": link.target, "link_sig": check.sig, "link_kid": check.kid,
-        "link_exp": link.expires_at,
-    }
-
-
-def _event_head(fields: dict[str, Any]) -> bytes:
-    """Fields as a JSON object left open: ``head + orjson.dumps(rest)[1:]`` is the event.
-
-    The link's dozen fields are serialized once per link instead of per click.
-    """
-    return orjson.dumps(fields)[:-1] + b","
+def _head_of(check: LinkCheck | None, query: bytes) -> bytes:
+    """The event head of a refused request: the link's fields if its signature held."""
+    if check is not None and check.link is not None:
+        return event_head(check.link, sig=check.sig, kid=check.kid)
+    return event_head(raw_query=_text(query, MAX_RAW_QUERY))
 
 
 class RedirectEndpoint:
@@ -159,10 +142,10 @@ class RedirectEndpoint:
         # hits `_old_links` is promoted; a full `_links` becomes `_old_links`.
         self._links: dict[bytes, CachedLink] = {}
         self._old_links: dict[bytes, CachedLink] = {}
-        self._slots = t.REGISTRY.slots
-        self._verdict_slot = {v: t.requests.index(v.value) for v in Verdict}
+        self._slots = telemetry.REGISTRY.slots
+        self._verdict_slot = {v: telemetry.requests.index(v.value) for v in Verdict}
         self._verdict_text = {v: v.value for v in Verdict}
-        self._observe = t.request_seconds.observe_ns
+        self._observe = telemetry.request_seconds.observe_ns
 
     @property
     def cached_links(self) -> int:
@@ -172,7 +155,7 @@ class RedirectEndpoint:
         cached = self._old_links.get(query)
         if cached is None:
             check = verify_query(query, self._ring, self._allow)
-            if check.verdict is not LinkVerdict.VALID:
+            if check.verdict is not Verdict.VALID:
                 return check
             cached = _cache_entry(check)
         if len(self._links) >= LINK_CACHE_GENERATION:
@@ -204,7 +187,7 @@ class RedirectEndpoint:
         if link is None:
             found = self._lookup(query)
             if isinstance(found, LinkCheck):
-                verdict = Verdict(found.verdict.value)
+                verdict = found.verdict
                 await self._refuse(send, verdict, found.reason, found, query, headers, ip, now_ms)
                 return self._done(started, verdict)
             link = found
@@ -315,21 +298,15 @@ class RedirectEndpoint:
 
     def _emit(self, head: bytes, verdict: Verdict, reason: str, now_ms: int, buyer: str,
               ip: str, headers: dict[bytes, bytes], click_id: str | None = None) -> None:
-        rest = orjson.dumps({
-            "click_id": click_id or new_click_id(now_ms), "ts": now_ms,
-            "verdict": self._verdict_text[verdict],
-            "reason": reason, "buyer_key": buyer, "ip": ip,
-            "user_agent": headers.get(b"user-agent", b"")[:MAX_USER_AGENT].decode(
-                "utf-8", "replace"),
-            "referer": headers.get(b"referer", b"")[:MAX_REFERER].decode("utf-8", "replace")})
-        # Splice through a memoryview: one copy of the event, not two.
-        self._submit((now_ms, buyer.encode() if buyer else None, head + memoryview(rest)[1:]))
+        tail = event_tail(click_id or new_click_id(now_ms), now_ms, self._verdict_text[verdict],
+                          reason, buyer, ip, headers.get(b"user-agent", b""),
+                          headers.get(b"referer", b""))
+        self._submit(click_record(head, tail, now_ms, buyer))
 
     async def _too_many(self, send: Send, query: bytes, now_ms: int, ip: str,
                         headers: dict[bytes, bytes]) -> None:
         link = self._links.get(query) or self._old_links.get(query)
-        head = link.event_head if link is not None else _event_head(
-            {"version": SCHEMA_VERSION, "raw_query": _text(query, MAX_RAW_QUERY)})
+        head = link.event_head if link is not None else _head_of(None, query)
         self._emit(head, Verdict.RATE_LIMITED, "per-IP rate limit", now_ms, "", ip, headers)
         await send({"type": "http.response.start", "status": 429, "headers": [
             (b"retry-after", b"1"), _NO_STORE, (b"content-type", b"text/plain"),
@@ -339,10 +316,7 @@ class RedirectEndpoint:
     async def _refuse(self, send: Send, verdict: Verdict, reason: str, check: LinkCheck | None,
                       query: bytes, headers: dict[bytes, bytes], ip: str, now_ms: int,
                       status: int | None = None) -> None:
-        fields = _link_fields(check)
-        if check is None or check.link is None:
-            fields["raw_query"] = _text(query, MAX_RAW_QUERY)
-        self._emit(_event_head(fields), verdict, reason, now_ms, self._visitor(headers) or "",
+        self._emit(_head_of(check, query), verdict, reason, now_ms, self._visitor(headers) or "",
                    ip, headers)
         extra = self._extra[verdict]
         if self._safe_landing and status is None:

@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Collection
 
 from contracts.records import Record, decode_batch, encode_batch
-from edge import telemetry as t
+from edge import telemetry
 from edge.delivery.kafka_sink import KafkaSink
 from edge.delivery.redis_fallback import RedisFallback, RedisUnavailable
 from edge.delivery.ring import HandoffRing, NoRing
@@ -88,12 +88,12 @@ class Deliverer:
         self._overflow(record)
 
     def _overflow(self, record: Record) -> None:
-        t.overflow.inc()
+        telemetry.overflow.inc()
         try:
             self.spool.append(encode_batch([record]), 1)
-            t.delivered.inc(1, "spool")
+            telemetry.delivered.inc(1, "spool")
         except OSError as err:
-            t.dropped.inc()
+            telemetry.dropped.inc()
             log.critical("click lost: buffer full and spool failed: %s", err)
 
     def use_ring(self, ring: HandoffRing | NoRing) -> None:
@@ -187,17 +187,17 @@ class Deliverer:
             # Durable now (Kafka, Redis or the spool): the ring may forget them.
             self.ring.release(len(records))
             self._inflight = deque()
-            t.buffer_events.set(len(buf))
+            telemetry.buffer_events.set(len(buf))
 
     async def _deliver(self, records: Collection[Record]) -> None:
         if not self.fallback_mode:
             started = time.perf_counter_ns()
             failed = await self.kafka.send(records)
-            t.kafka_seconds.observe_ns(time.perf_counter_ns() - started)
-            t.delivered.inc(len(records) - len(failed), "kafka")
+            telemetry.kafka_seconds.observe_ns(time.perf_counter_ns() - started)
+            telemetry.delivered.inc(len(records) - len(failed), "kafka")
             if not failed:
                 return
-            t.delivery_errors.inc(1, "kafka")
+            telemetry.delivery_errors.inc(1, "kafka")
             log.warning("kafka delivery failed: switching to the fallback")
             self._set_mode(fallback=True)
             records = failed
@@ -207,10 +207,10 @@ class Deliverer:
         if self.redis_ok and self.spool.is_empty():
             try:
                 await self.fallback.push(records)
-                t.delivered.inc(len(records), "redis")
+                telemetry.delivered.inc(len(records), "redis")
                 return
             except RedisUnavailable as err:
-                t.delivery_errors.inc(1, "redis")
+                telemetry.delivery_errors.inc(1, "redis")
                 log.warning("redis fallback failed (%s): spooling to disk", err)
                 self.redis_ok = False
                 self._drain_wake.set()
@@ -219,10 +219,10 @@ class Deliverer:
     def _to_spool(self, records: Collection[Record]) -> None:
         try:
             self.spool.append(encode_batch(records), len(records))
-            t.delivered.inc(len(records), "spool")
+            telemetry.delivered.inc(len(records), "spool")
         except OSError as err:
-            t.delivery_errors.inc(1, "spool")
-            t.dropped.inc(len(records))
+            telemetry.delivery_errors.inc(1, "spool")
+            telemetry.dropped.inc(len(records))
             log.critical("%d clicks lost: Kafka, Redis and the spool all failed: %s",
                          len(records), err)
 
@@ -285,7 +285,7 @@ class Deliverer:
                 # by click id, which consumers drop.
                 self.redis_ok = False
                 return False
-            t.replayed.inc(len(records), "redis")
+            telemetry.replayed.inc(len(records), "redis")
         return bool(entries)
 
     async def _replay_spool(self) -> bool:
@@ -295,7 +295,7 @@ class Deliverer:
         if not await self._replay_into_kafka(decode_batch(item.batch)):
             return False
         self.spool.commit(item)
-        t.replayed.inc(item.count, "spool")
+        telemetry.replayed.inc(item.count, "spool")
         return True
 
     async def _spool_to_redis(self) -> bool:
@@ -308,13 +308,13 @@ class Deliverer:
             self.redis_ok = False
             return False
         self.spool.commit(item)
-        t.replayed.inc(item.count, "spool_to_redis")
+        telemetry.replayed.inc(item.count, "spool_to_redis")
         return True
 
     async def _replay_into_kafka(self, records: list[Record]) -> bool:
         failed = await self.kafka.send(records)
         if failed:
-            t.delivery_errors.inc(1, "kafka")
+            telemetry.delivery_errors.inc(1, "kafka")
             if not self.fallback_mode:
                 log.warning("kafka failed during replay: switching to the fallback")
                 self._set_mode(fallback=True)
@@ -326,7 +326,7 @@ class Deliverer:
         self.spool.claim_orphans()
         adopted = self.spool.adopted_records
         if adopted > self._adopted:
-            t.replayed.inc(adopted - self._adopted, "ring")
+            telemetry.replayed.inc(adopted - self._adopted, "ring")
             self._adopted = adopted
 
     # -- state -------------------------------------------------------------------
@@ -338,13 +338,13 @@ class Deliverer:
             self._drain_wake.set()
 
     def _set_mode_gauge(self) -> None:
-        t.delivery_mode.set(int(not self.fallback_mode), "kafka")
-        t.delivery_mode.set(int(self.fallback_mode), "fallback")
+        telemetry.delivery_mode.set(int(not self.fallback_mode), "kafka")
+        telemetry.delivery_mode.set(int(self.fallback_mode), "fallback")
 
     def _update_gauges(self) -> None:
-        t.buffer_events.set(len(self._buf))
-        t.spool_records.set(self.spool.pending_records)
-        t.spool_bytes.set(self.spool.pending_bytes)
+        telemetry.buffer_events.set(len(self._buf))
+        telemetry.spool_records.set(self.spool.pending_records)
+        telemetry.spool_bytes.set(self.spool.pending_bytes)
 
     async def _refresh_gauges(self) -> None:
         self._update_gauges()
@@ -352,4 +352,4 @@ class Deliverer:
         if self.redis_ok and now - self._gauges_at >= self._probe_interval:
             self._gauges_at = now
             with contextlib.suppress(RedisUnavailable):
-                t.fallback_records.set(await self.fallback.pending_clicks())
+                telemetry.fallback_records.set(await self.fallback.pending_clicks())
