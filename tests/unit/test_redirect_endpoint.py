@@ -22,7 +22,7 @@ from contracts.keys import KeyRing, generate_ring
 from contracts.links import LinkCheck, mint_link
 from contracts.records import Record
 from contracts.settings import load_settings
-from contracts.targets import AllowList
+from contracts.targets import TRACKING_PARAMS, AllowList
 from edge import redirect, telemetry
 from edge.ratelimit import IpRateLimiter
 from edge.redirect import LINK_CACHE_GENERATION, MAX_ATTRIBUTION_COOKIES, RedirectEndpoint
@@ -220,7 +220,7 @@ def assert_allowed_location(allow: AllowList, location: str) -> None:
     assert split.hostname == "shop.example.com" or (
         split.hostname is not None and split.hostname.endswith(".mall.example"))
     query = "&".join(p for p in split.query.split("&")
-                     if p and p.partition("=")[0] not in redirect.TRACKING_PARAMS)
+                     if p and p.partition("=")[0] not in TRACKING_PARAMS)
     allow.check(urlunsplit(split._replace(query=query)))  # raises if off the list
 
 
