@@ -121,6 +121,7 @@ class Code(StrEnum):
 
     LAST_CLICK = "last_click"  # accepted: the winning click
     EARLIER_CLICK = "earlier_click"  # accepted, but a later (or tie-winning) click won
+    BEST_SO_FAR = "best_so_far"  # accepted, the best click yet, but the decision waits (RETRY)
     SAME_CLICK = "same_click"  # accepted: names the winning click itself
     SELF_OPERATED = "self_operated"  # accepted: fanstype + authorised channel
     ABSENT = "absent"  # no such candidate
@@ -798,10 +799,13 @@ def _tie_break(winner: _Candidate, other: _Candidate) -> str:
 
 
 def _mark(notes: dict[Source, CandidateNote], accepted: list[_Candidate],
-          winner: _Candidate) -> None:
+          winner: _Candidate, decided: bool) -> None:
     for cand in accepted:
         note = notes[cand.source]
-        if cand is winner:
+        if cand is winner and not decided:
+            notes[cand.source] = replace(note, code=Code.BEST_SO_FAR, detail=(
+                f"{note.detail}. The best click so far, but the decision waits"))
+        elif cand is winner:
             notes[cand.source] = replace(note, code=Code.LAST_CLICK,
                                          detail=f"{note.detail}. Wins: the last valid click")
         elif cand.click.click_id == winner.click.click_id:
@@ -918,9 +922,9 @@ def decide(order: OrderFacts, shop: ShopFacts, policy: Policy, *,
     if judged.candidate is not None:
         accepted.append(judged.candidate)
     winner = max(accepted, key=_Candidate.rank) if accepted else None
-    if winner is not None:
-        _mark(notes, accepted, winner)
     conclusion = _conclude(ctx, cps, shop_detail, notes, winner, judged, final_attempt)
+    if winner is not None:
+        _mark(notes, accepted, winner, decided=conclusion.rule is not Rule.RETRY)
     notes[Source.FANSTYPE] = conclusion.fanstype_note
     explanation = Explanation(
         order_id=order.order_id, shop_id=shop.shop_id, order_created_at_ms=order.created_at_ms,
