@@ -1,0 +1,471 @@
+"""Order sync storage: order messages into the ledger's ``orders``, ``order_items`` and
+``order_refunds``, one transaction per batch; unusable messages into ``dead_letters``.
+
+``apply_batch(db, messages)`` takes the raw records a consumer read from
+``ORDERS_TOPIC`` and, in one transaction:
+
+1. parses each with ``OrderMessage.from_json``; a schema failure is dead-lettered with
+   the field ``OrderSchemaError`` names;
+2. checks master data with one SELECT per table: an unknown ``shop_id`` or a non-null
+   unknown ``channel_id`` is dead-lettered (fix the master data, then replay);
+3. loads the stored state of the batch's orders (one SELECT per table, ``IN`` lists of
+   at most ``IN_CHUNK`` ids; on PostgreSQL the order rows are locked ``FOR UPDATE``, so a
+   consumer that overlaps during a rebalance waits instead of interleaving);
+4. folds the messages, in batch order, through ``order_state.decide``: several messages
+   of one order in a batch are applied one after the other; a ``Reject`` is
+   dead-lettered with the status machine's reason;
+5. writes only what changed, with bulk statements: ``INSERT .. ON CONFLICT DO UPDATE``
+   (the dialect's own ``insert``) executed once per table with every row, a DELETE for
+   the items an unpaid order dropped, and the dead letters (``ON CONFLICT DO NOTHING``
+   on topic + partition + offset, so a redelivered bad message is kept once).
+
+It returns one ``Outcome`` per message, in order: applied (with the order's status
+before and after and whether the order is new to the ledger: what the attributor needs
+to enqueue new orders), ignored (duplicate or older snapshot) or dead-lettered (reason
+and field).  Applying the same batch twice writes nothing the second time.  A database
+error raises and rolls the whole batch back; the consumer retries it (nothing was
+committed, and a retry is idempotent).
+
+Given a ``Connection`` already in a transaction, ``apply_batch`` writes in it and leaves
+the commit to the caller (so the attributor can enqueue in the same transaction); given
+an ``Engine`` it commits itself (on SQLite with ``BEGIN IMMEDIATE``: it reads, then writes).
+
+``replay_dead_letters(engine, ids)`` re-runs stored raw bytes through the same path
+(after the master data was fixed) and records ``replayed_at``, ``replay_result`` and
+``replay_reason`` on each dead letter instead of dead-lettering it again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Engine, RowMapping, Table, bindparam, delete, select, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+
+from attribution_worker.order_state import (
+    Apply,
+    Ignore,
+    ItemState,
+    OrderState,
+    RefundState,
+    decide,
+)
+from contracts.orders import OrderMessage, OrderSchemaError, OrderStatus, RefundStatus
+from contracts.topics import ORDERS_TOPIC
+from ledger_db.schema import channels, dead_letters, order_items, order_refunds, orders, shops
+
+# Ids per IN list: far below SQLite's 32,766 bound variables and PostgreSQL's 65,535.
+IN_CHUNK = 500
+REPLAY_BATCH = 1000
+MAX_DEAD_LETTER_ORDER_ID = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingMessage:
+    """One record as the consumer read it."""
+
+    raw: bytes
+    topic: str = ORDERS_TOPIC
+    partition: int | None = None
+    offset: int | None = None
+    key: bytes | None = None
+
+
+class OutcomeKind(StrEnum):
+    APPLIED = "applied"
+    IGNORED = "ignored"
+    DEAD_LETTERED = "dead_lettered"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    kind: OutcomeKind
+    reason: str
+    order_id: str | None = None  # None only for a message too broken to name its order
+    shop_id: str | None = None
+    created_at: int | None = None  # the order's, ms
+    status: OrderStatus | None = None  # the ledger's status after this message
+    previous_status: OrderStatus | None = None  # before it (None: the order is new)
+    created: bool = False  # this message brought the order into the ledger
+    field: str | None = None  # dead letters: the offending field
+
+    @property
+    def status_changed(self) -> bool:
+        return self.kind is OutcomeKind.APPLIED and self.status is not self.previous_status
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: int
+    source: str
+    partition: int | None
+    offset: int | None
+    key: bytes | None
+    raw: bytes
+    reason: str
+    field: str | None
+    order_id: str | None
+    received_at: int
+    replayed_at: int | None
+    replay_result: str | None
+    replay_reason: str | None
+
+    @property
+    def open(self) -> bool:
+        """Not yet replayed successfully."""
+        return self.replay_result in (None, OutcomeKind.DEAD_LETTERED.value)
+
+
+class DeadLetterNotFound(LookupError):
+    def __init__(self, ids: Iterable[int]) -> None:
+        self.ids = sorted(ids)
+        super().__init__(f"no dead letter with id {', '.join(map(str, self.ids))}")
+
+
+@dataclass(slots=True)
+class _Run:
+    """What folding one batch produced, before anything is written."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    stored: dict[str, OrderState] = field(default_factory=dict)  # as loaded
+    current: dict[str, OrderState] = field(default_factory=dict)  # after the batch
+    dead: list[tuple[IncomingMessage, Outcome]] = field(default_factory=list)
+
+
+def apply_batch(db: Engine | Connection, messages: Sequence[IncomingMessage], *,
+                now_ms: int | None = None) -> list[Outcome]:
+    """Apply a batch of order records; one ``Outcome`` per message, in order."""
+    now = _now_ms() if now_ms is None else now_ms
+    with _transaction(db) as conn:
+        run = _fold(conn, messages)
+        _write_orders(conn, run, now)
+        _insert_dead_letters(conn, run.dead, now)
+    return run.outcomes
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@contextmanager
+def _transaction(db: Engine | Connection) -> Iterator[Connection]:
+    if isinstance(db, Engine):
+        with db.connect() as conn:
+            conn.execution_options(ledger_begin="IMMEDIATE")
+            with conn.begin():
+                yield conn
+    elif db.in_transaction():
+        yield db
+    else:
+        with db.begin():
+            yield db
+
+
+def _fold(conn: Connection, messages: Sequence[IncomingMessage]) -> _Run:
+    run = _Run()
+    parsed: list[OrderMessage | Outcome] = [_parse(m) for m in messages]
+    good = [p for p in parsed if isinstance(p, OrderMessage)]
+    known_shops = _existing(conn, shops.c.shop_id, {m.shop_id for m in good})
+    known_channels = _existing(conn, channels.c.channel_id,
+                               {m.channel_id for m in good if m.channel_id is not None})
+    run.stored = _load_states(conn, {m.order_id for m in good
+                                     if m.shop_id in known_shops})
+    run.current = dict(run.stored)
+    for incoming, item in zip(messages, parsed, strict=True):
+        outcome = item if isinstance(item, Outcome) else \
+            _decide(run.current, item, known_shops, known_channels)
+        run.outcomes.append(outcome)
+        if outcome.kind is OutcomeKind.DEAD_LETTERED:
+            run.dead.append((incoming, outcome))
+    return run
+
+
+def _parse(message: IncomingMessage) -> OrderMessage | Outcome:
+    try:
+        return OrderMessage.from_json(message.raw)
+    except OrderSchemaError as err:
+        return Outcome(OutcomeKind.DEAD_LETTERED, f"schema: {err}",
+                       order_id=_order_id_of(message.raw), field=err.field)
+
+
+def _order_id_of(raw: bytes) -> str | None:
+    """The order id of a message that failed the schema, when it has a readable one."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    value = obj.get("order_id") if isinstance(obj, dict) else None
+    return value if isinstance(value, str) and len(value) <= MAX_DEAD_LETTER_ORDER_ID else None
+
+
+def _decide(current: dict[str, OrderState], message: OrderMessage, known_shops: set[str],
+            known_channels: set[str]) -> Outcome:
+    order: dict[str, Any] = {"order_id": message.order_id, "shop_id": message.shop_id,
+                             "created_at": message.created_at}
+    if message.shop_id not in known_shops:
+        return Outcome(OutcomeKind.DEAD_LETTERED, f"unknown shop {message.shop_id!r}",
+                       field="shop_id", **order)
+    if message.channel_id is not None and message.channel_id not in known_channels:
+        return Outcome(OutcomeKind.DEAD_LETTERED, f"unknown channel {message.channel_id!r}",
+                       field="channel_id", **order)
+    stored = current.get(message.order_id)
+    decision = decide(stored, message)
+    if isinstance(decision, Apply):
+        current[message.order_id] = decision.state
+        before = None if decision.previous is None else decision.previous.status
+        after = decision.state.status
+        reason = ("new order" if before is None else f"updated ({after.value})"
+                  if before is after else f"{before.value} -> {after.value}")
+        return Outcome(OutcomeKind.APPLIED, reason, status=after, previous_status=before,
+                       created=decision.created, **order)
+    if isinstance(decision, Ignore):
+        assert stored is not None  # a first message always applies
+        return Outcome(OutcomeKind.IGNORED, decision.reason, status=stored.status,
+                       previous_status=stored.status, **order)
+    return Outcome(OutcomeKind.DEAD_LETTERED, f"status machine: {decision.reason}",
+                   field=decision.field,
+                   status=None if stored is None else stored.status, **order)
+
+
+def _chunks(values: Iterable[str]) -> Iterator[list[str]]:
+    ordered = sorted(values)
+    for start in range(0, len(ordered), IN_CHUNK):
+        yield ordered[start:start + IN_CHUNK]
+
+
+def _existing(conn: Connection, column: Any, values: set[str]) -> set[str]:
+    found: set[str] = set()
+    for chunk in _chunks(values):
+        found.update(conn.execute(select(column).where(column.in_(chunk))).scalars())
+    return found
+
+
+def _load_states(conn: Connection, order_ids: set[str]) -> dict[str, OrderState]:
+    rows: dict[str, RowMapping] = {}
+    items: dict[str, list[ItemState]] = {}
+    refunds: dict[str, list[RefundState]] = {}
+    lock = conn.dialect.name == "postgresql"
+    for chunk in _chunks(order_ids):
+        query = select(orders).where(orders.c.order_id.in_(chunk)).order_by(orders.c.order_id)
+        found = conn.execute(query.with_for_update() if lock else query).mappings().all()
+        if not found:
+            continue
+        rows.update((row["order_id"], row) for row in found)
+        for row in conn.execute(select(order_items)
+                                .where(order_items.c.order_id.in_(chunk))).mappings():
+            items.setdefault(row["order_id"], []).append(_item_state(row))
+        for row in conn.execute(select(order_refunds)
+                                .where(order_refunds.c.order_id.in_(chunk))).mappings():
+            refunds.setdefault(row["order_id"], []).append(_refund_state(row))
+    return {order_id: _order_state(row, items.get(order_id, []), refunds.get(order_id, []))
+            for order_id, row in rows.items()}
+
+
+def _order_state(row: RowMapping, items: list[ItemState],
+                 refunds: list[RefundState]) -> OrderState:
+    # Sorted here, not by ORDER BY: the database's collation need not be code-point order.
+    return OrderState(
+        order_id=row["order_id"], shop_id=row["shop_id"], buyer_key=row["buyer_key"],
+        buyer_account=row["buyer_account"], created_at=row["created_at"],
+        status=OrderStatus(row["status"]), event_ts=row["event_ts"],
+        items=tuple(sorted(items, key=lambda i: i.item_id)),
+        refunds=tuple(sorted(refunds, key=lambda r: r.refund_id)),
+        paid_at=row["paid_at"], received_at=row["received_at"], final_at=row["final_at"],
+        channel_id=row["channel_id"], fanstype=row["fanstype"],
+        attribution_token=row["attribution_token"])
+
+
+def _item_state(row: RowMapping) -> ItemState:
+    return ItemState(row["item_id"], row["product_id"], row["category_id"], row["quantity"],
+                     row["paid_amount"], row["refunded_amount"], row["refund_pending_amount"])
+
+
+def _refund_state(row: RowMapping) -> RefundState:
+    return RefundState(row["refund_id"], row["item_id"], row["amount"],
+                       RefundStatus(row["status"]), row["requested_at"])
+
+
+# -- writing -------------------------------------------------------------------------------
+
+def _write_orders(conn: Connection, run: _Run, now_ms: int) -> None:
+    order_rows: list[dict[str, Any]] = []
+    item_rows: list[dict[str, Any]] = []
+    refund_rows: list[dict[str, Any]] = []
+    dropped_items: list[tuple[str, str]] = []
+    for order_id, state in run.current.items():
+        before = run.stored.get(order_id)
+        if state == before:
+            continue
+        order_rows.append(_order_row(state, now_ms))
+        old_items = {} if before is None else {i.item_id: i for i in before.items}
+        item_rows.extend(_item_row(order_id, i) for i in state.items
+                         if old_items.get(i.item_id) != i)
+        dropped_items.extend((order_id, item_id) for item_id in
+                             old_items.keys() - {i.item_id for i in state.items})
+        old_refunds = {} if before is None else {r.refund_id: r for r in before.refunds}
+        # Refunds only merge, never disappear (order_state), so there is nothing to delete.
+        refund_rows.extend(_refund_row(order_id, r) for r in state.refunds
+                           if old_refunds.get(r.refund_id) != r)
+    if dropped_items:  # only an unpaid order's items change, so no refund refers to them
+        conn.execute(delete(order_items).where(
+            tuple_(order_items.c.order_id, order_items.c.item_id).in_(dropped_items)))
+    _upsert(conn, orders, order_rows, ("order_id",))
+    _upsert(conn, order_items, item_rows, ("order_id", "item_id"))
+    _upsert(conn, order_refunds, refund_rows, ("order_id", "refund_id"))
+
+
+def _upsert(conn: Connection, table: Table, rows: list[dict[str, Any]],
+            keys: tuple[str, ...]) -> None:
+    if not rows:
+        return
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(table)
+    statement = statement.on_conflict_do_update(
+        index_elements=list(keys),
+        set_={c.name: statement.excluded[c.name] for c in table.c if c.name not in keys})
+    conn.execute(statement, rows)
+
+
+def _order_row(state: OrderState, now_ms: int) -> dict[str, Any]:
+    return {"order_id": state.order_id, "shop_id": state.shop_id,
+            "buyer_key": state.buyer_key, "buyer_account": state.buyer_account,
+            "channel_id": state.channel_id, "fanstype": state.fanstype,
+            "attribution_token": state.attribution_token, "status": state.status.value,
+            "created_at": state.created_at, "paid_at": state.paid_at,
+            "received_at": state.received_at, "final_at": state.final_at,
+            "event_ts": state.event_ts, "updated_at": now_ms}
+
+
+def _item_row(order_id: str, item: ItemState) -> dict[str, Any]:
+    return {"order_id": order_id, "item_id": item.item_id, "product_id": item.product_id,
+            "category_id": item.category_id, "quantity": item.quantity,
+            "paid_amount": item.paid_amount, "refunded_amount": item.refunded_amount,
+            "refund_pending_amount": item.refund_pending_amount}
+
+
+def _refund_row(order_id: str, refund: RefundState) -> dict[str, Any]:
+    return {"order_id": order_id, "refund_id": refund.refund_id, "item_id": refund.item_id,
+            "amount": refund.amount, "status": refund.status.value,
+            "requested_at": refund.requested_at}
+
+
+def _insert_dead_letters(conn: Connection, dead: list[tuple[IncomingMessage, Outcome]],
+                         now_ms: int) -> None:
+    if not dead:
+        return
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    conn.execute(dialect.insert(dead_letters).on_conflict_do_nothing(), [
+        {"source": message.topic, "kafka_partition": message.partition,
+         "kafka_offset": message.offset, "key": message.key, "raw": message.raw,
+         "reason": outcome.reason, "field": outcome.field, "order_id": outcome.order_id,
+         "received_at": now_ms} for message, outcome in dead])
+
+
+# -- dead letters --------------------------------------------------------------------------
+
+def list_dead_letters(db: Engine | Connection, *, limit: int = 100,
+                      include_replayed: bool = False, after_id: int = 0) -> list[DeadLetter]:
+    """Dead letters by id (oldest first); by default only the open ones (never replayed,
+    or replayed and dead-lettered again)."""
+    query = select(dead_letters).where(dead_letters.c.id > after_id)
+    if not include_replayed:
+        query = query.where(dead_letters.c.replay_result.is_(None)
+                            | (dead_letters.c.replay_result == OutcomeKind.DEAD_LETTERED.value))
+    query = query.order_by(dead_letters.c.id).limit(limit)
+    with _reading(db) as conn:
+        return [_dead_letter(row) for row in conn.execute(query).mappings()]
+
+
+def get_dead_letter(db: Engine | Connection, dead_letter_id: int) -> DeadLetter | None:
+    with _reading(db) as conn:
+        row = conn.execute(select(dead_letters).where(
+            dead_letters.c.id == dead_letter_id)).mappings().first()
+    return None if row is None else _dead_letter(row)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    dead_letter_id: int
+    outcome: Outcome
+
+
+def replay_dead_letters(engine: Engine, ids: Sequence[int] | None = None, *,
+                        now_ms: int | None = None) -> list[ReplayResult]:
+    """Re-run dead letters ``ids`` (``None``: every open one), oldest first, through
+    ``apply_batch``'s path; raises ``DeadLetterNotFound`` (before replaying any) for
+    unknown ids.  A replay that fails again updates the dead letter's replay columns."""
+    now = _now_ms() if now_ms is None else now_ms
+    if ids is not None:
+        wanted = sorted(set(ids))
+        with engine.connect() as conn:
+            found = set(_existing_ids(conn, wanted))
+        if missing := set(wanted) - found:
+            raise DeadLetterNotFound(missing)
+    results: list[ReplayResult] = []
+    after_id = 0
+    while True:
+        with _transaction(engine) as conn:
+            rows = _replay_rows(conn, ids, after_id)
+            if not rows:
+                return results
+            run = _fold(conn, [IncomingMessage(row.raw, row.source, row.partition, row.offset,
+                                               row.key) for row in rows])
+            _write_orders(conn, run, now)
+            _record_replays(conn, rows, run.outcomes, now)
+        results.extend(ReplayResult(row.id, outcome)
+                       for row, outcome in zip(rows, run.outcomes, strict=True))
+        after_id = rows[-1].id
+
+
+def _existing_ids(conn: Connection, ids: list[int]) -> list[int]:
+    found: list[int] = []
+    for start in range(0, len(ids), IN_CHUNK):
+        found.extend(conn.execute(select(dead_letters.c.id).where(
+            dead_letters.c.id.in_(ids[start:start + IN_CHUNK]))).scalars())
+    return found
+
+
+def _replay_rows(conn: Connection, ids: Sequence[int] | None, after_id: int
+                 ) -> list[DeadLetter]:
+    if ids is None:
+        return list_dead_letters(conn, limit=REPLAY_BATCH, after_id=after_id)
+    chunk = sorted(i for i in set(ids) if i > after_id)[:REPLAY_BATCH]
+    if not chunk:
+        return []
+    query = select(dead_letters).where(dead_letters.c.id.in_(chunk)).order_by(dead_letters.c.id)
+    return [_dead_letter(row) for row in conn.execute(query).mappings()]
+
+
+def _record_replays(conn: Connection, rows: list[DeadLetter], outcomes: list[Outcome],
+                    now_ms: int) -> None:
+    conn.execute(
+        dead_letters.update().where(dead_letters.c.id == bindparam("dead_letter_id"))
+        .values(replayed_at=now_ms, replay_result=bindparam("result"),
+                replay_reason=bindparam("why")),
+        [{"dead_letter_id": row.id, "result": outcome.kind.value, "why": outcome.reason}
+         for row, outcome in zip(rows, outcomes, strict=True)])
+
+
+@contextmanager
+def _reading(db: Engine | Connection) -> Iterator[Connection]:
+    if isinstance(db, Engine):
+        with db.connect() as conn:
+            yield conn
+    else:
+        yield db
+
+
+def _dead_letter(row: RowMapping) -> DeadLetter:
+    return DeadLetter(
+        id=row["id"], source=row["source"], partition=row["kafka_partition"],
+        offset=row["kafka_offset"], key=None if row["key"] is None else bytes(row["key"]),
+        raw=bytes(row["raw"]), reason=row["reason"], field=row["field"],
+        order_id=row["order_id"], received_at=row["received_at"],
+        replayed_at=row["replayed_at"], replay_result=row["replay_result"],
+        replay_reason=row["replay_reason"])
