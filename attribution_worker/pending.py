@@ -1,0 +1,141 @@
+"""The delayed-attribution queue and the decision record, in the ledger database.
+
+An order enters ``attribution_pending`` when order sync first stores it (in the
+same transaction, so no order is ever forgotten) and leaves it in the
+transaction that stores its decision and queues the decision's outbox message:
+
+    enqueue        (order sync)  attribution_pending += order, due now
+    claim_due      (attributor)  due rows, leased: next_attempt_at += lease
+    reschedule     (attributor)  no evidence yet: attempts += 1, due at first_seen + delay
+    decide         (attributor)  attribution_decisions += decision (once: the primary
+                                 key is order_id), outbox += its message, pending -= order
+
+A worker that dies holding a lease loses nothing: its rows fall due again when
+the lease (default 60 s) runs out, and another worker decides them; ``decide``
+inserts with ``ON CONFLICT DO NOTHING`` and writes the outbox row only when its
+insert won, so a decision is stored and published once whoever races.  Claims
+use ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (two workers never claim the same
+row); SQLite serializes writers, which makes its claim atomic as it is.
+
+Delays count from ``first_seen_at``: with the schedule (10, 60, 300, 1800) an order
+without evidence is looked at on arrival and 10 s, 1 min, 5 min and 30 min after,
+and decided ``self_operated`` or ``none`` on that last look.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy
+from sqlalchemy import Connection, Engine
+from sqlalchemy.dialects import postgresql, sqlite
+
+from attribution_worker import outbox
+from contracts.attribution import AttributionDecision
+from contracts.topics import ATTRIBUTIONS_TOPIC
+from ledger_db import schema
+
+DEFAULT_LEASE_MS = 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    order_id: str
+    first_seen_at: int
+    attempts: int  # looks already taken before this one
+
+
+def _insert(connection: Connection, table: sqlalchemy.Table) -> postgresql.Insert | sqlite.Insert:
+    if connection.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def enqueue(connection: Connection, orders: Iterable[tuple[str, int]]) -> int:
+    """Queue ``(order_id, first_seen_at_ms)`` for attribution unless queued or decided."""
+    rows = [{"order_id": order_id, "first_seen_at": seen, "next_attempt_at": seen,
+             "attempts": 0} for order_id, seen in orders]
+    if not rows:
+        return 0
+    decided = set(connection.scalars(
+        sqlalchemy.select(schema.attribution_decisions.c.order_id)
+        .where(schema.attribution_decisions.c.order_id.in_([r["order_id"] for r in rows]))))
+    rows = [r for r in rows if r["order_id"] not in decided]
+    if not rows:
+        return 0
+    statement = _insert(connection, schema.attribution_pending).on_conflict_do_nothing(
+        index_elements=["order_id"])
+    return connection.execute(statement, rows).rowcount or 0
+
+
+def claim_due(engine: Engine, now_ms: int, limit: int,
+              lease_ms: int = DEFAULT_LEASE_MS) -> list[Claim]:
+    """Lease up to ``limit`` due orders, oldest due first."""
+    table = schema.attribution_pending
+    with engine.begin() as connection:
+        due = (sqlalchemy.select(table.c.order_id).where(table.c.next_attempt_at <= now_ms)
+               .order_by(table.c.next_attempt_at).limit(limit))
+        if connection.dialect.name == "postgresql":
+            due = due.with_for_update(skip_locked=True)
+        ids = list(connection.scalars(due))
+        if not ids:
+            return []
+        rows = connection.execute(
+            table.update().where(table.c.order_id.in_(ids), table.c.next_attempt_at <= now_ms)
+            .values(next_attempt_at=now_ms + lease_ms)
+            .returning(table.c.order_id, table.c.first_seen_at, table.c.attempts)).all()
+    return [Claim(order_id, seen, attempts) for order_id, seen, attempts in rows]
+
+
+def next_attempt_at(claim: Claim, schedule_s: Sequence[int]) -> int | None:
+    """When to look again after this look, or None when this look is the last."""
+    done = claim.attempts + 1
+    if done > len(schedule_s):
+        return None
+    return claim.first_seen_at + schedule_s[done - 1] * 1000
+
+
+def is_final(claim: Claim, schedule_s: Sequence[int]) -> bool:
+    return claim.attempts >= len(schedule_s)
+
+
+def reschedule(connection: Connection, claim: Claim, at_ms: int) -> None:
+    table = schema.attribution_pending
+    connection.execute(table.update().where(table.c.order_id == claim.order_id)
+                       .values(attempts=claim.attempts + 1, next_attempt_at=at_ms))
+
+
+def decide(connection: Connection, decision: AttributionDecision) -> bool:
+    """Store ``decision`` and queue its message; False if the order was decided already."""
+    values = {
+        "order_id": decision.order_id, "attribution_type": decision.attribution_type.value,
+        "promoter_id": decision.promoter_id, "channel_id": decision.channel_id,
+        "position_id": decision.position_id, "click_id": decision.click_id,
+        "evidence": decision.evidence.value, "reason": decision.reason[:500],
+        "order_created_at": decision.order_created_at, "decided_at": decision.decided_at,
+        "attempts": decision.attempts}
+    inserted = connection.execute(
+        _insert(connection, schema.attribution_decisions).values(values)
+        .on_conflict_do_nothing(index_elements=["order_id"])).rowcount
+    connection.execute(schema.attribution_pending.delete().where(
+        schema.attribution_pending.c.order_id == decision.order_id))
+    if inserted:
+        outbox.enqueue(connection, ATTRIBUTIONS_TOPIC, decision.order_id.encode(),
+                       decision.to_json())
+    return bool(inserted)
+
+
+def depth(engine: Engine) -> int:
+    table = schema.attribution_pending
+    with engine.connect() as connection:
+        return int(connection.execute(
+            sqlalchemy.select(sqlalchemy.func.count()).select_from(table)).scalar_one())
+
+
+def decision_of(engine: Engine, order_id: str) -> dict[str, object] | None:
+    table = schema.attribution_decisions
+    with engine.connect() as connection:
+        row = connection.execute(sqlalchemy.select(table).where(
+            table.c.order_id == order_id)).mappings().first()
+    return dict(row) if row is not None else None
