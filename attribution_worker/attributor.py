@@ -4,7 +4,7 @@ Each round claims up to ``batch_max`` due orders (``attribution_worker.pending``
 loads their facts from the ledger database (``facts``: a few queries per
 batch), asks the click store for the candidates of each (latest valid click on
 the shop, latest site-wide click, the click the order's token names: three
-lookups per order, issued concurrently for the whole batch), decides with the
+lookups per order, concurrently for up to ``lookup_concurrency`` orders), decides with the
 pure rules (``rules.decide``) and writes the outcomes in one transaction:
 decisions with their outbox messages, or a later attempt on the delayed
 schedule.  A round never blocks on one slow order: lookups have a timeout, and
@@ -83,7 +83,8 @@ class Judgement:
 class Attributor:
     def __init__(self, engine: Engine, store: ClickLookup, sealer: CookieSealer, policy: Policy,
                  *, schedule_s: Sequence[int], batch_max: int = 500,
-                 lookup_timeout_s: float = 5.0, lease_ms: int = pending.DEFAULT_LEASE_MS) -> None:
+                 lookup_timeout_s: float = 5.0, lease_ms: int = pending.DEFAULT_LEASE_MS,
+                 lookup_concurrency: int = 16) -> None:
         self._engine = engine
         self._store = store
         self._sealer = sealer
@@ -92,6 +93,8 @@ class Attributor:
         self._batch_max = batch_max
         self._lookup_timeout_s = lookup_timeout_s
         self._lease_ms = lease_ms
+        # Orders in flight against the click store at once: within its connection pool.
+        self._lookups = asyncio.Semaphore(lookup_concurrency)
         self.decided = 0
 
     # -- one round ---------------------------------------------------------------------
@@ -138,7 +141,7 @@ class Attributor:
             if order.attribution_token is not None else None
         if token is not None and token.attribution is not None:
             lookups.append(self._store.get(token.attribution.click_id))
-        async with asyncio.timeout(self._lookup_timeout_s):
+        async with self._lookups, asyncio.timeout(self._lookup_timeout_s):
             results = await asyncio.gather(*lookups)
         shop_click = click_facts(results[0]) if order.buyer_key else None
         sitewide = click_facts(results[1]) if order.buyer_key else None

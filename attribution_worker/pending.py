@@ -71,18 +71,21 @@ def enqueue(connection: Connection, orders: Iterable[tuple[str, int]]) -> int:
 
 def claim_due(engine: Engine, now_ms: int, limit: int,
               lease_ms: int = DEFAULT_LEASE_MS) -> list[Claim]:
-    """Lease up to ``limit`` due orders, oldest due first."""
+    """Lease up to ``limit`` due orders, oldest due first.
+
+    One UPDATE with the selection as a subquery: on SQLite the transaction starts
+    as a writer (a SELECT first would have to upgrade, which fails under
+    concurrency instead of waiting), on PostgreSQL ``SKIP LOCKED`` keeps two
+    claimers apart.
+    """
     table = schema.attribution_pending
     with engine.begin() as connection:
         due = (sqlalchemy.select(table.c.order_id).where(table.c.next_attempt_at <= now_ms)
                .order_by(table.c.next_attempt_at).limit(limit))
         if connection.dialect.name == "postgresql":
             due = due.with_for_update(skip_locked=True)
-        ids = list(connection.scalars(due))
-        if not ids:
-            return []
         rows = connection.execute(
-            table.update().where(table.c.order_id.in_(ids), table.c.next_attempt_at <= now_ms)
+            table.update().where(table.c.order_id.in_(due.scalar_subquery()))
             .values(next_attempt_at=now_ms + lease_ms)
             .returning(table.c.order_id, table.c.first_seen_at, table.c.attempts)).all()
     return [Claim(order_id, seen, attempts) for order_id, seen, attempts in rows]

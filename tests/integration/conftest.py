@@ -9,6 +9,7 @@ import pytest
 
 from contracts.topics import CLICKS_TOPIC
 from devstack.stack import LocalStack
+from tests.integration.db import ledger_engine, ledger_url  # noqa: F401 - shared fixtures
 from tests.integration.edge_harness import EdgeProcess, Keys
 
 
