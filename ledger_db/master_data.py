@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
@@ -132,10 +133,11 @@ def join_cps(conn: Connection, shop_id: str, at_ms: int) -> None:
     _require(conn, shops.c.shop_id, shop_id, "shop")
     for period in _periods(conn, shop_id):
         if period.end_ms is None:
-            raise MasterDataError(f"shop {shop_id!r} is in CPS already (since {period.start_ms})")
+            raise MasterDataError(f"shop {shop_id!r} is in CPS already (since "
+                                  f"{_when(period.start_ms)})")
         if at_ms < period.end_ms:
-            raise MasterDataError(f"shop {shop_id!r} exited CPS at {period.end_ms}: it can "
-                                  "join again at that time or later")
+            raise MasterDataError(f"shop {shop_id!r} exited CPS at {_when(period.end_ms)}: it "
+                                  "can join again at that time or later")
     conn.execute(shop_cps_periods.insert().values(shop_id=shop_id, joined_at=at_ms))
 
 
@@ -147,7 +149,8 @@ def exit_cps(conn: Connection, shop_id: str, at_ms: int) -> None:
         raise MasterDataError(f"shop {shop_id!r} is not in CPS")
     joined = open_periods[0].start_ms
     if at_ms < joined:
-        raise MasterDataError(f"shop {shop_id!r} joined CPS at {joined}: it cannot exit before")
+        raise MasterDataError(f"shop {shop_id!r} joined CPS at {_when(joined)}: it cannot "
+                              "exit before")
     period = shop_cps_periods.c
     conn.execute(shop_cps_periods.update()
                  .where(period.shop_id == shop_id, period.joined_at == joined)
@@ -189,9 +192,9 @@ def authorise_channel(conn: Connection, channel_id: str, shop_id: str, at_ms: in
     for period in _authorisations(conn, channel_id, shop_id):
         if period.end_ms is None:
             raise MasterDataError(f"shop {shop_id!r} authorised channel {channel_id!r} already "
-                                  f"(at {period.start_ms})")
+                                  f"(at {_when(period.start_ms)})")
         if at_ms < period.end_ms:
-            raise MasterDataError(f"the authorisation was revoked at {period.end_ms}: "
+            raise MasterDataError(f"the authorisation was revoked at {_when(period.end_ms)}: "
                                   "authorise again at that time or later")
     conn.execute(channel_authorisations.insert().values(
         channel_id=channel_id, shop_id=shop_id, authorised_at=at_ms))
@@ -205,7 +208,7 @@ def revoke_channel(conn: Connection, channel_id: str, shop_id: str, at_ms: int) 
         raise MasterDataError(f"shop {shop_id!r} has not authorised channel {channel_id!r}")
     since = current[0].start_ms
     if at_ms < since:
-        raise MasterDataError(f"authorised at {since}: it cannot be revoked before")
+        raise MasterDataError(f"authorised at {_when(since)}: it cannot be revoked before")
     auth = channel_authorisations.c
     conn.execute(channel_authorisations.update()
                  .where(auth.channel_id == channel_id, auth.shop_id == shop_id,
@@ -291,7 +294,12 @@ def list_bases(conn: Connection) -> list[PromoterBase]:
             for row in conn.execute(select(promoter_bases).order_by(promoter_bases.c.base_id))]
 
 
-# -- checks --------------------------------------------------------------------------------
+# -- checks and messages ---------------------------------------------------------------
+
+def _when(ms: int) -> str:
+    moment = datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{moment}.{ms % 1000:03d}Z ({ms} ms)"
+
 
 def _check_id(kind: str, value: str) -> None:
     if not ID_PATTERN.fullmatch(value):
