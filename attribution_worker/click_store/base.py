@@ -1,0 +1,228 @@
+"""What the click store keeps, and the one narrow interface both backends offer.
+
+The attribution rule (SPEC section 7) needs exactly one question answered, fast
+and often: *the latest valid click by buyer B for shop S (or on a site-wide
+link), at or before T, within the window*.  Besides that the store resolves a
+click by its id (a sealed token names its click) and takes batches of clicks
+from the persister.  Nothing else: a narrow interface keeps the two backends
+(``redis_store``: one memory-sized Redis; ``bigtable_store``: Bigtable/HBase
+for scale-out) interchangeable and testable by one suite.
+
+Only ``valid`` clicks are stored (the others are not evidence).  A stored click
+is the small projection of the click event attribution needs, about 130 bytes
+as compact JSON (``to_bytes``), against ~520 bytes for the event itself.
+
+Time semantics, shared by both backends:
+
+* ``latest(buyer, shop, at_ms, window_ms)`` returns the click with the greatest
+  ``ts_ms`` in ``[at_ms - window_ms, at_ms]`` (both ends inclusive, to the ms);
+  among clicks of the same millisecond the greatest click id wins (click ids are
+  time-sortable, so that is the later-minted one).  A click after ``at_ms`` is
+  never returned, however close.
+* Entries expire ``retention_ms`` after their click (default: the 15-day window
+  + 1 day margin for delayed attribution); a click already past its retention
+  is not written.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from contracts.clicks import ClickEvent, Verdict
+from contracts.links import ID_PATTERN, MAX_SUB_ID_CHARS, MAX_SUB_IDS
+
+DAY_MS = 86_400_000
+DEFAULT_WINDOW_MS = 15 * DAY_MS
+# Delayed attribution retries an order for a while after its creation; a click
+# must outlive the window by at least that long.
+DEFAULT_RETENTION_MARGIN_MS = 1 * DAY_MS
+DEFAULT_RETENTION_MS = DEFAULT_WINDOW_MS + DEFAULT_RETENTION_MARGIN_MS
+
+# 13 decimal digits of ms reach the year 2286: row keys carry a fixed-width
+# reverse timestamp, so every timestamp must fit.
+MAX_TS_MS = 10**13 - 1
+MAX_BUYER_KEY_CHARS = 256
+STORED_VERSION = 1
+CLICK_ID_PATTERN = re.compile(r"[0-9a-f]{28}")
+
+
+class ClickStoreError(Exception):
+    """The store could not do what was asked (unreachable, refused, corrupt data)."""
+
+
+class NotStorable(ValueError):
+    """A click that cannot be stored; the message names the field and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredClick:
+    click_id: str
+    ts_ms: int
+    buyer_key: str
+    promoter_id: str
+    channel_id: str
+    position_id: str | None
+    shop_id: str | None  # None: a site-wide link
+    product_id: str | None
+    sub_ids: tuple[str, ...]
+    link_exp: int | None  # Unix seconds
+
+    def __post_init__(self) -> None:
+        problem = _problem(self)
+        if problem:
+            raise NotStorable(problem)
+
+    @property
+    def sitewide(self) -> bool:
+        return self.shop_id is None
+
+    @classmethod
+    def from_event(cls, event: ClickEvent) -> StoredClick:
+        """The stored form of a ``valid`` click event; raises ``NotStorable`` otherwise."""
+        if event.verdict is not Verdict.VALID:
+            raise NotStorable(f"verdict: only valid clicks are stored, not {event.verdict.value}")
+        if event.promoter_id is None or event.channel_id is None:
+            raise NotStorable("promoter_id/channel_id: a valid click needs both")
+        return cls(click_id=event.click_id, ts_ms=event.ts, buyer_key=event.buyer_key,
+                   promoter_id=event.promoter_id, channel_id=event.channel_id,
+                   position_id=event.position_id, shop_id=event.shop_id,
+                   product_id=event.product_id, sub_ids=event.sub_ids, link_exp=event.link_exp)
+
+    def to_bytes(self) -> bytes:
+        """Compact JSON array, the value both backends keep (~130 bytes)."""
+        return orjson.dumps([STORED_VERSION, self.click_id, self.ts_ms, self.buyer_key,
+                             self.promoter_id, self.channel_id, self.position_id, self.shop_id,
+                             self.product_id, self.sub_ids, self.link_exp])
+
+    @classmethod
+    def from_bytes(cls, data: bytes | str) -> StoredClick:
+        try:
+            row = orjson.loads(data)
+        except orjson.JSONDecodeError as err:
+            raise ClickStoreError(f"stored click is not JSON: {err}") from None
+        if not (isinstance(row, list) and len(row) == 11 and row[0] == STORED_VERSION
+                and isinstance(row[9], list)):
+            raise ClickStoreError(f"stored click has an unknown layout: {data[:80]!r}")
+        _, click_id, ts_ms, buyer, promoter, channel, position, shop, product, subs, exp = row
+        try:
+            return cls(click_id, ts_ms, buyer, promoter, channel, position, shop, product,
+                       tuple(subs), exp)
+        except (NotStorable, TypeError) as err:
+            raise ClickStoreError(f"stored click is invalid: {err}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object the query API answers with."""
+        return {"click_id": self.click_id, "ts_ms": self.ts_ms, "buyer_key": self.buyer_key,
+                "promoter_id": self.promoter_id, "channel_id": self.channel_id,
+                "position_id": self.position_id, "shop_id": self.shop_id,
+                "product_id": self.product_id, "sub_ids": list(self.sub_ids),
+                "link_exp": self.link_exp}
+
+
+def _problem(click: StoredClick) -> str | None:
+    """Why ``click`` cannot be stored, or None; one pass, cheap (runs per click)."""
+    if type(click.click_id) is not str or not CLICK_ID_PATTERN.fullmatch(click.click_id):
+        return "click_id: must be 28 lowercase hex characters"
+    if type(click.ts_ms) is not int or not 0 <= click.ts_ms <= MAX_TS_MS:
+        return f"ts_ms: must be an integer between 0 and {MAX_TS_MS}"
+    if (type(click.buyer_key) is not str or not click.buyer_key
+            or len(click.buyer_key) > MAX_BUYER_KEY_CHARS):
+        return f"buyer_key: must be 1 to {MAX_BUYER_KEY_CHARS} characters"
+    for name in ("promoter_id", "channel_id"):
+        value = getattr(click, name)
+        if type(value) is not str or not ID_PATTERN.fullmatch(value):
+            return f"{name}: must match {ID_PATTERN.pattern}"
+    for name in ("position_id", "shop_id", "product_id"):
+        value = getattr(click, name)
+        if value is not None and (type(value) is not str or not ID_PATTERN.fullmatch(value)):
+            return f"{name}: must be null or match {ID_PATTERN.pattern}"
+    subs = click.sub_ids
+    if (type(subs) is not tuple or len(subs) > MAX_SUB_IDS
+            or not all(type(s) is str and len(s) <= MAX_SUB_ID_CHARS for s in subs)):
+        return f"sub_ids: at most {MAX_SUB_IDS} strings of at most {MAX_SUB_ID_CHARS} characters"
+    if click.link_exp is not None and type(click.link_exp) is not int:
+        return "link_exp: must be an integer (Unix seconds) or null"
+    return None
+
+
+class ClickStore(Protocol):
+    """The click store as the persister, the attributor and the query API use it."""
+
+    retention_ms: int
+
+    async def put_many(self, clicks: Sequence[StoredClick]) -> int:
+        """Store ``clicks``; idempotent by click id (a replay changes nothing).
+
+        Returns how many were new where the backend knows that cheaply (Redis),
+        else how many were written (Bigtable: blind, idempotent writes).
+        Raises ``ClickStoreError`` when the batch may not have been stored.
+        """
+        ...
+
+    async def latest(self, buyer_key: str, shop_id: str, at_ms: int,
+                     window_ms: int) -> StoredClick | None:
+        """The latest click by ``buyer_key`` on a link for ``shop_id``, in the window."""
+        ...
+
+    async def latest_sitewide(self, buyer_key: str, at_ms: int,
+                              window_ms: int) -> StoredClick | None:
+        """The latest click by ``buyer_key`` on a site-wide link (no shop id), in the window."""
+        ...
+
+    async def get(self, click_id: str) -> StoredClick | None: ...
+
+    async def close(self) -> None: ...
+
+
+# -- pure rules both backends share -------------------------------------------
+
+
+def window_bounds(at_ms: int, window_ms: int) -> tuple[int, int]:
+    """``(lowest, highest)`` click ts to consider, clamped to what a key can hold.
+
+    Raises ``ValueError`` naming the argument for a negative time or window.
+    """
+    if type(at_ms) is not int or at_ms < 0:
+        raise ValueError(f"at_ms must be a non-negative integer, not {at_ms!r}")
+    if type(window_ms) is not int or window_ms < 0:
+        raise ValueError(f"window_ms must be a non-negative integer, not {window_ms!r}")
+    high = min(at_ms, MAX_TS_MS)
+    return max(at_ms - window_ms, 0), high
+
+
+def retained(clicks: Sequence[StoredClick], now_ms: int,
+             retention_ms: int) -> list[StoredClick]:
+    """The clicks still within their retention at ``now_ms`` (older ones are not written)."""
+    floor_ms = now_ms - retention_ms
+    return [c for c in clicks if c.ts_ms > floor_ms]
+
+
+def check_retention(retention_ms: int) -> int:
+    if type(retention_ms) is not int or retention_ms <= 0:
+        raise ValueError(f"retention_ms must be a positive integer, not {retention_ms!r}")
+    return retention_ms
+
+
+def escape_key_part(value: str) -> str:
+    """``value`` with ``%`` and ``#`` percent-escaped, so ``#`` can separate key parts.
+
+    Buyer keys are opaque (a cookie's visitor id today, a device id tomorrow):
+    escaped, no buyer key is a prefix of another's ``buyer#`` key range.
+    """
+    if "%" in value or "#" in value:
+        return value.replace("%", "%25").replace("#", "%23")
+    return value
+
+
+def index_suffix(buyer_key: str, shop_id: str | None) -> str:
+    """``escaped buyer # shop`` (``*`` for site-wide): the key both backends index under.
+
+    Shop ids match ``[A-Za-z0-9._:-]`` (the link rule), so neither ``#`` nor
+    ``*`` can occur in one and ``*`` cannot be confused with a shop.
+    """
+    return f"{escape_key_part(buyer_key)}#{shop_id if shop_id is not None else '*'}"
