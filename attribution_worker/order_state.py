@@ -149,18 +149,19 @@ def state_of(message: OrderMessage) -> OrderState:
     refunds = tuple(sorted((RefundState(r.refund_id, r.item_id, r.amount, r.status,
                                         r.requested_at) for r in message.refunds),
                            key=lambda r: r.refund_id))
+    # The schema already bounds one message's refunds by each item's paid_amount.
+    completed, pending = _refund_sums(refunds)
     items = tuple(sorted((ItemState(i.item_id, i.product_id, i.category_id, i.quantity,
-                                    i.paid_amount) for i in message.items),
+                                    i.paid_amount, completed.get(i.item_id, 0),
+                                    pending.get(i.item_id, 0)) for i in message.items),
                          key=lambda i: i.item_id))
-    state = OrderState(
+    return OrderState(
         order_id=message.order_id, shop_id=message.shop_id, buyer_key=message.buyer_key,
         buyer_account=message.buyer_account, created_at=message.created_at,
         status=message.status, event_ts=message.event_ts, items=items, refunds=refunds,
         paid_at=message.paid_at, received_at=message.received_at, final_at=message.final_at,
         channel_id=message.channel_id, fanstype=message.fanstype,
         attribution_token=message.attribution_token)
-    # The schema already bounds one message's refunds by each item's paid_amount.
-    return replace(state, items=_item_refunds(items, refunds))
 
 
 def _newness(state: OrderState) -> tuple[int, int]:
@@ -225,8 +226,8 @@ def _with_refunds(base: OrderState, refunds: tuple[RefundState, ...]) -> OrderSt
     return replace(base, items=items, refunds=refunds)
 
 
-def _item_refunds(items: tuple[ItemState, ...],
-                  refunds: tuple[RefundState, ...]) -> tuple[ItemState, ...]:
+def _refund_sums(refunds: Iterable[RefundState]) -> tuple[dict[str, int], dict[str, int]]:
+    """Per item id: the amounts of completed and of pending refunds."""
     completed: dict[str, int] = {}
     pending: dict[str, int] = {}
     for refund in refunds:
@@ -234,9 +235,18 @@ def _item_refunds(items: tuple[ItemState, ...],
             completed[refund.item_id] = completed.get(refund.item_id, 0) + refund.amount
         elif refund.status is RefundStatus.PENDING:
             pending[refund.item_id] = pending.get(refund.item_id, 0) + refund.amount
-    return tuple(replace(item, refunded_amount=completed.get(item.item_id, 0),
-                         refund_pending_amount=pending.get(item.item_id, 0))
-                 for item in items)
+    return completed, pending
+
+
+def _item_refunds(items: tuple[ItemState, ...],
+                  refunds: tuple[RefundState, ...]) -> tuple[ItemState, ...]:
+    completed, pending = _refund_sums(refunds)
+    if all(i.refunded_amount == completed.get(i.item_id, 0)
+           and i.refund_pending_amount == pending.get(i.item_id, 0) for i in items):
+        return items  # the common case: nothing changed (no allocation on the hot path)
+    return tuple(ItemState(i.item_id, i.product_id, i.category_id, i.quantity, i.paid_amount,
+                           completed.get(i.item_id, 0), pending.get(i.item_id, 0))
+                 for i in items)
 
 
 def _why_ignored(stored: OrderState, incoming: OrderState) -> str:

@@ -42,10 +42,23 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cache
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, RowMapping, Table, bindparam, delete, select, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    RowMapping,
+    String,
+    Table,
+    any_,
+    bindparam,
+    delete,
+    select,
+    tuple_,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from attribution_worker.order_state import (
@@ -60,8 +73,10 @@ from contracts.orders import OrderMessage, OrderSchemaError, OrderStatus, Refund
 from contracts.topics import ORDERS_TOPIC
 from ledger_db.schema import channels, dead_letters, order_items, order_refunds, orders, shops
 
-# Ids per IN list: far below SQLite's 32,766 bound variables and PostgreSQL's 65,535.
+# Ids per IN list on SQLite (far below its 32,766 bound variables); PostgreSQL takes them
+# as one array parameter, so a batch needs one query per table.
 IN_CHUNK = 500
+POSTGRES_CHUNK = 10_000
 REPLAY_BATCH = 1000
 MAX_DEAD_LETTER_ORDER_ID = 1024
 
@@ -233,62 +248,76 @@ def _decide(current: dict[str, OrderState], message: OrderMessage, known_shops: 
                    status=None if stored is None else stored.status, **order)
 
 
-def _chunks(values: Iterable[str]) -> Iterator[list[str]]:
+def _chunks(conn: Connection, values: Iterable[str]) -> Iterator[list[str]]:
     ordered = sorted(values)
-    for start in range(0, len(ordered), IN_CHUNK):
-        yield ordered[start:start + IN_CHUNK]
+    size = POSTGRES_CHUNK if conn.dialect.name == "postgresql" else IN_CHUNK
+    for start in range(0, len(ordered), size):
+        yield ordered[start:start + size]
+
+
+def _among(conn: Connection, column: Any, values: list[str]) -> ColumnElement[bool]:
+    """``column IN values``; on PostgreSQL ``= ANY(array)``: one bound parameter, so the
+    statement's text (and the server's plan) is the same whatever the number of ids."""
+    if conn.dialect.name == "postgresql":
+        return column == any_(bindparam(None, values, type_=postgresql.ARRAY(String)))  # type: ignore[no-any-return]
+    return column.in_(values)  # type: ignore[no-any-return]
 
 
 def _existing(conn: Connection, column: Any, values: set[str]) -> set[str]:
     found: set[str] = set()
-    for chunk in _chunks(values):
-        found.update(conn.execute(select(column).where(column.in_(chunk))).scalars())
+    for chunk in _chunks(conn, values):
+        found.update(conn.execute(select(column).where(_among(conn, column, chunk))).scalars())
     return found
 
 
+_ORDER = orders.c
+_ORDER_COLUMNS = (_ORDER.order_id, _ORDER.shop_id, _ORDER.buyer_key, _ORDER.buyer_account,
+                  _ORDER.created_at, _ORDER.status, _ORDER.event_ts, _ORDER.paid_at,
+                  _ORDER.received_at, _ORDER.final_at, _ORDER.channel_id, _ORDER.fanstype,
+                  _ORDER.attribution_token)
+_ITEM = order_items.c
+_ITEM_COLUMNS = (_ITEM.order_id, _ITEM.item_id, _ITEM.product_id, _ITEM.category_id,
+                 _ITEM.quantity, _ITEM.paid_amount, _ITEM.refunded_amount,
+                 _ITEM.refund_pending_amount)
+_REFUND = order_refunds.c
+_REFUND_COLUMNS = (_REFUND.order_id, _REFUND.refund_id, _REFUND.item_id, _REFUND.amount,
+                   _REFUND.status, _REFUND.requested_at)
+
+
 def _load_states(conn: Connection, order_ids: set[str]) -> dict[str, OrderState]:
-    rows: dict[str, RowMapping] = {}
+    rows: list[Any] = []
     items: dict[str, list[ItemState]] = {}
     refunds: dict[str, list[RefundState]] = {}
     lock = conn.dialect.name == "postgresql"
-    for chunk in _chunks(order_ids):
-        query = select(orders).where(orders.c.order_id.in_(chunk)).order_by(orders.c.order_id)
-        found = conn.execute(query.with_for_update() if lock else query).mappings().all()
+    for chunk in _chunks(conn, order_ids):
+        query = select(*_ORDER_COLUMNS).where(_among(conn, _ORDER.order_id, chunk)) \
+            .order_by(_ORDER.order_id)  # lock order: overlapping consumers never deadlock
+        found = conn.execute(query.with_for_update() if lock else query).all()
         if not found:
             continue
-        rows.update((row["order_id"], row) for row in found)
-        for row in conn.execute(select(order_items)
-                                .where(order_items.c.order_id.in_(chunk))).mappings():
-            items.setdefault(row["order_id"], []).append(_item_state(row))
-        for row in conn.execute(select(order_refunds)
-                                .where(order_refunds.c.order_id.in_(chunk))).mappings():
-            refunds.setdefault(row["order_id"], []).append(_refund_state(row))
-    return {order_id: _order_state(row, items.get(order_id, []), refunds.get(order_id, []))
-            for order_id, row in rows.items()}
+        rows.extend(found)
+        for row in conn.execute(select(*_ITEM_COLUMNS).where(
+                _among(conn, _ITEM.order_id, chunk))):
+            items.setdefault(row[0], []).append(ItemState(*row[1:]))
+        for refund in conn.execute(select(*_REFUND_COLUMNS).where(
+                _among(conn, _REFUND.order_id, chunk))):
+            refunds.setdefault(refund[0], []).append(
+                RefundState(refund[1], refund[2], refund[3], RefundStatus(refund[4]), refund[5]))
+    return {row[0]: _order_state(row, items.get(row[0], []), refunds.get(row[0], []))
+            for row in rows}
 
 
-def _order_state(row: RowMapping, items: list[ItemState],
-                 refunds: list[RefundState]) -> OrderState:
+def _order_state(row: Any, items: list[ItemState], refunds: list[RefundState]) -> OrderState:
+    (order_id, shop_id, buyer_key, buyer_account, created_at, status, event_ts, paid_at,
+     received_at, final_at, channel_id, fanstype, attribution_token) = row
     # Sorted here, not by ORDER BY: the database's collation need not be code-point order.
     return OrderState(
-        order_id=row["order_id"], shop_id=row["shop_id"], buyer_key=row["buyer_key"],
-        buyer_account=row["buyer_account"], created_at=row["created_at"],
-        status=OrderStatus(row["status"]), event_ts=row["event_ts"],
+        order_id=order_id, shop_id=shop_id, buyer_key=buyer_key, buyer_account=buyer_account,
+        created_at=created_at, status=OrderStatus(status), event_ts=event_ts,
         items=tuple(sorted(items, key=lambda i: i.item_id)),
         refunds=tuple(sorted(refunds, key=lambda r: r.refund_id)),
-        paid_at=row["paid_at"], received_at=row["received_at"], final_at=row["final_at"],
-        channel_id=row["channel_id"], fanstype=row["fanstype"],
-        attribution_token=row["attribution_token"])
-
-
-def _item_state(row: RowMapping) -> ItemState:
-    return ItemState(row["item_id"], row["product_id"], row["category_id"], row["quantity"],
-                     row["paid_amount"], row["refunded_amount"], row["refund_pending_amount"])
-
-
-def _refund_state(row: RowMapping) -> RefundState:
-    return RefundState(row["refund_id"], row["item_id"], row["amount"],
-                       RefundStatus(row["status"]), row["requested_at"])
+        paid_at=paid_at, received_at=received_at, final_at=final_at, channel_id=channel_id,
+        fanstype=fanstype, attribution_token=attribution_token)
 
 
 # -- writing -------------------------------------------------------------------------------
@@ -324,12 +353,32 @@ def _upsert(conn: Connection, table: Table, rows: list[dict[str, Any]],
             keys: tuple[str, ...]) -> None:
     if not rows:
         return
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(table)
+    if conn.dialect.name == "postgresql":
+        # One statement and one JSON parameter for the whole batch.  Measured on 1,000
+        # orders: executemany sends a Bind/Execute per row, and 14 array parameters cost
+        # ~30 ms of client-side dumping; orjson builds this text in ~1 ms.
+        conn.exec_driver_sql(_postgres_upsert_sql(table, keys),
+                             {"rows": orjson.dumps(rows).decode()})
+        return
+    statement = sqlite.insert(table)
     statement = statement.on_conflict_do_update(
         index_elements=list(keys),
         set_={c.name: statement.excluded[c.name] for c in table.c if c.name not in keys})
     conn.execute(statement, rows)
+
+
+@cache
+def _postgres_upsert_sql(table: Table, keys: tuple[str, ...]) -> str:
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    quote = dialect.identifier_preparer.quote
+    names = ", ".join(quote(c.name) for c in table.c)
+    record = ", ".join(f"{quote(c.name)} {c.type.compile(dialect=dialect)}" for c in table.c)
+    updates = ", ".join(f"{quote(c.name)} = EXCLUDED.{quote(c.name)}" for c in table.c
+                        if c.name not in keys)
+    # Built from the table's own metadata, never from data: the rows are one bound value.
+    return (f"INSERT INTO {quote(table.name)} ({names}) "  # noqa: S608
+            f"SELECT {names} FROM json_to_recordset(%(rows)s::json) AS r({record}) "
+            f"ON CONFLICT ({', '.join(quote(k) for k in keys)}) DO UPDATE SET {updates}")
 
 
 def _order_row(state: OrderState, now_ms: int) -> dict[str, Any]:

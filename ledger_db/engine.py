@@ -12,6 +12,7 @@ the working directory, its directory created on first use):
   which writers that read first use to avoid SQLITE_BUSY on the lock upgrade.
 * **PostgreSQL** in production, through psycopg 3: ``postgresql+psycopg://user@host/db``
   (a bare ``postgresql://`` URL is read as psycopg 3 too; psycopg2 is not installed).
+  Sessions run with ``plan_cache_mode = force_custom_plan`` (see ``_postgres_session``).
 
 ``migrate(url)`` is ``alembic upgrade head`` with the migrations shipped inside this
 package (no alembic.ini needed); ``schema_diffs(engine)`` is ``alembic check``: what
@@ -84,7 +85,21 @@ def connect(url: str | URL | None = None, **engine_options: Any) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, engine_options)
     engine_options.setdefault("pool_pre_ping", True)
-    return create_engine(parsed, **engine_options)
+    engine = create_engine(parsed, **engine_options)
+    event.listen(engine, "connect", _postgres_session)
+    return engine
+
+
+def _postgres_session(dbapi_connection: Any, _record: object) -> None:
+    # psycopg prepares a statement run 5 times on a connection, and PostgreSQL then
+    # switches to a generic plan chosen without the parameters' values.  For
+    # ``order_id = ANY($1)`` that plan is often a sequential scan comparing every row
+    # with every array element (measured: 65 ms instead of 1 ms per 1,000 ids), and it
+    # sticks for the connection's life, however much the table grows.  Custom plans cost
+    # ~0.1 ms of planning per statement and always see the real ids.
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SET plan_cache_mode = force_custom_plan")
+    dbapi_connection.commit()
 
 
 def _sqlite_engine(url: URL, engine_options: dict[str, Any]) -> Engine:

@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 
 import ledger_db
 from ledger_db.engine import downgrade
-from ledger_db.schema import metadata, order_items, orders, shops
+from ledger_db.schema import metadata, order_items, orders, shop_cps_periods, shops
 from tests.integration.db import ledger_engine, ledger_url  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration
@@ -33,13 +33,16 @@ def test_down_to_nothing_and_up_again(ledger_engine: Engine) -> None:  # noqa: F
 
 
 def test_the_database_enforces_keys_and_checks(ledger_engine: Engine) -> None:  # noqa: F811
-    order = {"order_id": "o-1", "shop_id": "nowhere", "status": "created",
-             "created_at": 1, "event_ts": 1, "updated_at": 1}
     with pytest.raises(sqlalchemy.exc.IntegrityError), ledger_engine.begin() as conn:
-        conn.execute(orders.insert().values(**order))  # no such shop: foreign key
+        # Master data refers to master data by foreign key (order tables do not: see
+        # ledger_db.schema).
+        conn.execute(shop_cps_periods.insert().values(shop_id="nowhere", joined_at=1))
     with ledger_engine.begin() as conn:
         conn.execute(shops.insert().values(shop_id="s-1", created_at=1))
-        conn.execute(orders.insert().values(**{**order, "shop_id": "s-1"}))
+        conn.execute(orders.insert().values(order_id="o-1", shop_id="s-1", status="created",
+                                            created_at=1, event_ts=1, updated_at=1))
+    with pytest.raises(sqlalchemy.exc.IntegrityError), ledger_engine.begin() as conn:
+        conn.execute(shop_cps_periods.insert().values(shop_id="s-1", joined_at=5, exited_at=4))
     with pytest.raises(sqlalchemy.exc.IntegrityError), ledger_engine.begin() as conn:
         conn.execute(orders.update().values(status="lost"))  # check constraint
     with pytest.raises(sqlalchemy.exc.IntegrityError), ledger_engine.begin() as conn:

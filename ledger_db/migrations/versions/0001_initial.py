@@ -175,12 +175,6 @@ def upgrade() -> None:
             "status IN ('created', 'paid', 'received', 'final', 'cancelled', 'refunded')",
             name=op.f("ck_orders_status"),
         ),
-        sa.ForeignKeyConstraint(
-            ["channel_id"], ["channels.channel_id"], name=op.f("fk_orders_channel_id_channels")
-        ),
-        sa.ForeignKeyConstraint(
-            ["shop_id"], ["shops.shop_id"], name=op.f("fk_orders_shop_id_shops")
-        ),
         sa.PrimaryKeyConstraint("order_id", name=op.f("pk_orders")),
     )
     op.create_index(op.f("ix_orders_shop_id_created_at"), "orders", ["shop_id", "created_at"])
@@ -225,12 +219,6 @@ def upgrade() -> None:
             "refunded_amount + refund_pending_amount <= paid_amount",
             name=op.f("ck_order_items_refunds_within_paid"),
         ),
-        sa.ForeignKeyConstraint(
-            ["order_id"],
-            ["orders.order_id"],
-            name=op.f("fk_order_items_order_id_orders"),
-            ondelete="CASCADE",
-        ),
         sa.PrimaryKeyConstraint("order_id", "item_id", name=op.f("pk_order_items")),
     )
     op.create_table(
@@ -262,12 +250,6 @@ def upgrade() -> None:
         sa.Column("requested_at", sa.BigInteger(), nullable=False),
         sa.CheckConstraint(
             "status IN ('pending', 'completed', 'rejected')", name=op.f("ck_order_refunds_status")
-        ),
-        sa.ForeignKeyConstraint(
-            ["order_id", "item_id"],
-            ["order_items.order_id", "order_items.item_id"],
-            name=op.f("fk_order_refunds_order_id_item_id_order_items"),
-            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("order_id", "refund_id", name=op.f("pk_order_refunds")),
     )
