@@ -79,6 +79,10 @@ IN_CHUNK = 500
 POSTGRES_CHUNK = 10_000
 REPLAY_BATCH = 1000
 MAX_DEAD_LETTER_ORDER_ID = 1024
+# JSON spells a NUL character \u0000; PostgreSQL text cannot hold one (SQLite can), so a
+# message carrying one would fail its whole batch on every retry: it is dead-lettered.
+_JSON_NUL = b"\\u0000"
+_OPAQUE_FIELDS = ("buyer_key", "buyer_account", "fanstype", "attribution_token")
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,10 +207,17 @@ def _fold(conn: Connection, messages: Sequence[IncomingMessage]) -> _Run:
 
 def _parse(message: IncomingMessage) -> OrderMessage | Outcome:
     try:
-        return OrderMessage.from_json(message.raw)
+        parsed = OrderMessage.from_json(message.raw)
     except OrderSchemaError as err:
         return Outcome(OutcomeKind.DEAD_LETTERED, f"schema: {err}",
                        order_id=_order_id_of(message.raw), field=err.field)
+    if _JSON_NUL in message.raw:  # cheap pre-check; the fields decide
+        for name in _OPAQUE_FIELDS:  # ids follow ID_PATTERN, so only these can hold one
+            if "\x00" in (getattr(parsed, name) or ""):
+                return Outcome(OutcomeKind.DEAD_LETTERED, f"schema: {name}: contains NUL "
+                               "(\\u0000), which PostgreSQL text cannot store",
+                               order_id=parsed.order_id, field=name)
+    return parsed
 
 
 def _order_id_of(raw: bytes) -> str | None:
@@ -216,7 +227,9 @@ def _order_id_of(raw: bytes) -> str | None:
     except orjson.JSONDecodeError:
         return None
     value = obj.get("order_id") if isinstance(obj, dict) else None
-    return value if isinstance(value, str) and len(value) <= MAX_DEAD_LETTER_ORDER_ID else None
+    if not isinstance(value, str) or len(value) > MAX_DEAD_LETTER_ORDER_ID or "\x00" in value:
+        return None
+    return value
 
 
 def _decide(current: dict[str, OrderState], message: OrderMessage, known_shops: set[str],

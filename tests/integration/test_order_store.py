@@ -184,6 +184,16 @@ def test_schema_failures_are_dead_lettered_with_the_field(db: Engine, topic: Top
     assert all(d.open and d.replayed_at is None for d in letters)
 
 
+def test_nul_characters_are_dead_lettered_not_retried_forever(db: Engine, topic: Topic) -> None:
+    """PostgreSQL text cannot hold NUL: such a message would fail its batch on every retry."""
+    nul_order_id = b'{"version": 1, "order_id": "o-\\u0000"}'
+    outcomes = apply_batch(db, topic(order("o-1", buyer_key="visitor\x00x"), nul_order_id,
+                                     order("o-2")), now_ms=NOW)
+    assert [(o.kind.value, o.field) for o in outcomes] == [
+        ("dead_lettered", "buyer_key"), ("dead_lettered", "status"), ("applied", None)]
+    assert [d.order_id for d in list_dead_letters(db)] == ["o-1", None]
+
+
 def test_unknown_master_data_then_replay(db: Engine, topic: Topic) -> None:
     batch = topic(order("o-1", shop_id="s-2"), order("o-2", channel_id="chat"),
                   order("o-1", "paid", T0 + MINUTE, shop_id="s-2"), order("o-3"))
