@@ -14,11 +14,14 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from attribution_worker.click_api import create_app
 from attribution_worker.click_store import open_click_store
 from attribution_worker.click_store.base import DAY_MS, ClickStore, ClickStoreError, StoredClick
 from attribution_worker.click_store.bigtable_store import (
@@ -343,3 +346,73 @@ async def test_an_unreachable_bigtable_raises_click_store_error(tmp_path: Path) 
             await store.put_many([replace(click(new_buyer(), now_ms()), shop_id=None)])
     finally:
         await store.close()
+
+
+# -- the read-only HTTP API, against the real Redis backend ---------------------------
+
+
+@pytest.fixture
+async def api(redis_server: RedisServer) -> AsyncIterator[tuple[httpx.AsyncClient, ClickStore]]:
+    store = RedisClickStore(redis_server.url, prefix=f"api{uuid.uuid4().hex[:6]}:",
+                            retention_ms=RETENTION_MS)
+    transport = httpx.ASGITransport(app=create_app(store))
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        yield client, store
+    await store.close()
+
+
+async def test_api_latest_and_by_id(api: tuple[httpx.AsyncClient, ClickStore]) -> None:
+    client, store = api
+    buyer, t = "buyer#1 ü", now_ms() - 5000
+    shop_click, sitewide = click(buyer, t - 10, "shop-1"), click(buyer, t - 5, None)
+    await store.put_many([shop_click, sitewide, click(buyer, t + 1, "shop-1")])
+
+    answer = await client.get("/clicks/latest", params={"buyer": buyer, "shop": "shop-1",
+                                                        "at": t})
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.json() == shop_click.to_dict()
+    answer = await client.get("/clicks/latest", params={"buyer": buyer, "at": t})
+    assert answer.json()["click_id"] == sitewide.click_id
+    answer = await client.get("/clicks/latest", params={"buyer": buyer, "shop": "shop-1",
+                                                        "at": t, "window_ms": 9})
+    assert answer.status_code == 404
+    assert "shop-1" in answer.json()["error"]
+
+    answer = await client.get(f"/clicks/{sitewide.click_id}")
+    assert answer.status_code == 200
+    assert StoredClick(**{**answer.json(), "sub_ids": tuple(answer.json()["sub_ids"])}) == sitewide
+    assert (await client.get(f"/clicks/{'0' * 28}")).status_code == 404
+
+
+@pytest.mark.parametrize(("path", "params", "reason"), [
+    ("/clicks/latest", {"at": "1"}, "buyer"),
+    ("/clicks/latest", {"buyer": "b"}, "at"),
+    ("/clicks/latest", {"buyer": "b", "at": "-1"}, "at"),
+    ("/clicks/latest", {"buyer": "b", "at": "1e3"}, "at"),
+    ("/clicks/latest", {"buyer": "b", "at": "1", "window_ms": "x"}, "window_ms"),
+    ("/clicks/latest", {"buyer": "b", "at": "1", "window_ms": str(RETENTION_MS + 1)},
+     "window_ms"),
+    ("/clicks/latest", {"buyer": "b", "at": "1", "shop": "a#b"}, "shop"),
+    ("/clicks/latest", {"buyer": "b", "at": "1", "buyer_key": "b"}, "buyer_key"),
+    ("/clicks/latest", [("buyer", "b"), ("at", "1"), ("at", "2")], "more than once"),
+    ("/clicks/NOT-AN-ID", {}, "28 lowercase hex"),
+])
+async def test_api_bad_parameters_get_400_with_the_reason(
+        api: tuple[httpx.AsyncClient, ClickStore], path: str,
+        params: Any, reason: str) -> None:
+    client, _ = api
+    answer = await client.get(path, params=params)
+    assert answer.status_code == 400
+    assert reason in answer.json()["error"]
+
+
+async def test_api_is_read_only_and_reports_a_dead_store() -> None:
+    store = RedisClickStore(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.5)
+    transport = httpx.ASGITransport(app=create_app(store))
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        assert (await client.post("/clicks/latest")).status_code == 405
+        answer = await client.get("/clicks/latest", params={"buyer": "b", "at": "1"})
+        assert answer.status_code == 503
+        assert "unavailable" in answer.json()["error"]
+    await store.close()
