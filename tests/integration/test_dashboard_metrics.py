@@ -370,12 +370,14 @@ def test_fallback_workers_panel_queries_both_modes_and_live_workers() -> None:
 # -- static: Prometheus config and alert rules -------------------------------------------
 
 def test_prometheus_config_scrapes_the_edge_and_loads_the_alerts() -> None:
-    (job,) = PROMETHEUS["scrape_configs"]
+    # The first job is the edge's (the real-Prometheus test below takes it); the
+    # attribution service's job follows (tests/integration/test_attribution_dashboard.py).
+    job = PROMETHEUS["scrape_configs"][0]
     assert job["job_name"] == JOB
     assert job["metrics_path"] == "/metrics"
     assert job["scrape_interval"] == "5s"
     assert job["static_configs"][0]["targets"] == ["127.0.0.1:8000"]
-    assert PROMETHEUS["rule_files"] == ["alerts.yml"]
+    assert PROMETHEUS["rule_files"][0] == "alerts.yml"
     assert (PROMETHEUS_PATH.parent / "alerts.yml").is_file()
     text = PROMETHEUS_PATH.read_text()
     assert "scrape each host" in text
