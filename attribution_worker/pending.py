@@ -69,6 +69,24 @@ def enqueue(connection: Connection, orders: Iterable[tuple[str, int]]) -> int:
     return connection.execute(statement, rows).rowcount or 0
 
 
+def sweep(engine: Engine, now_ms: int) -> int:
+    """Queue every stored order that has neither a decision nor a queue entry.
+
+    Order sync queues orders as it stores them; this catches the ones stored by
+    another path (a dead letter replayed with ``cps-admin deadletters replay``).
+    """
+    orders, queue = schema.orders, schema.attribution_pending
+    decided = schema.attribution_decisions
+    missing = (sqlalchemy.select(orders.c.order_id, sqlalchemy.literal(now_ms),
+                                 sqlalchemy.literal(now_ms), sqlalchemy.literal(0))
+               .where(~sqlalchemy.exists().where(queue.c.order_id == orders.c.order_id))
+               .where(~sqlalchemy.exists().where(decided.c.order_id == orders.c.order_id)))
+    with engine.begin() as connection:
+        result = connection.execute(queue.insert().from_select(
+            ["order_id", "first_seen_at", "next_attempt_at", "attempts"], missing))
+    return result.rowcount or 0
+
+
 def claim_due(engine: Engine, now_ms: int, limit: int,
               lease_ms: int = DEFAULT_LEASE_MS) -> list[Claim]:
     """Lease up to ``limit`` due orders, oldest due first.
