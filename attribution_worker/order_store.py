@@ -310,10 +310,10 @@ def _load_states(conn: Connection, order_ids: set[str]) -> dict[str, OrderState]
             continue
         rows.extend(found)
         for row in conn.execute(select(*_ITEM_COLUMNS).where(
-                _among(conn, _ITEM.order_id, chunk))):
+                _among(conn, _ITEM.order_id, chunk))).all():  # fetchall, not row by row
             items.setdefault(row[0], []).append(ItemState(*row[1:]))
         for refund in conn.execute(select(*_REFUND_COLUMNS).where(
-                _among(conn, _REFUND.order_id, chunk))):
+                _among(conn, _REFUND.order_id, chunk))).all():
             refunds.setdefault(refund[0], []).append(
                 RefundState(refund[1], refund[2], refund[3], RefundStatus(refund[4]), refund[5]))
     return {row[0]: _order_state(row, items.get(row[0], []), refunds.get(row[0], []))
