@@ -72,7 +72,8 @@ async def _explain(settings: AttributionSettings, order_id: str, *, as_json: boo
         return 1
     if as_json:
         out: dict[str, Any] = {"decision": decision, "now": explanation.to_dict()}
-        print(orjson.dumps(out, option=orjson.OPT_INDENT_2, default=str).decode())
+        print(orjson.dumps(out, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS,
+                          default=str).decode())
         return 0
     if decision is None:
         print(f"order {order_id}: not decided yet (delayed attribution); the final look "
