@@ -40,7 +40,7 @@ from attribution_worker.rules import (
     decide,
     read_token,
 )
-from contracts.attribution import AttributionType, Evidence
+from contracts.attribution import AttributionDecision, AttributionType, Evidence
 from contracts.cookie import CookieSealer
 
 log = logging.getLogger("cps.attribution.attributor")
@@ -159,19 +159,25 @@ class Attributor:
                       final_attempt=pending.is_final(claim, self._schedule))
 
     def _record(self, judgements: Sequence[Judgement], now_ms: int) -> None:
+        later: list[tuple[Claim, int]] = []
+        decided: list[tuple[Judgement, AttributionDecision]] = []
+        for judgement in judgements:
+            claim, outcome = judgement.claim, judgement.outcome
+            if outcome.retry:
+                at = pending.next_attempt_at(claim, self._schedule)
+                later.append((claim, at if at is not None else now_ms + self._lease_ms))
+            else:
+                decided.append((judgement, outcome.to_decision(
+                    decided_at_ms=now_ms, attempts=claim.attempts + 1)))
         with self._engine.begin() as connection:
-            for judgement in judgements:
-                claim, outcome = judgement.claim, judgement.outcome
-                if outcome.retry:
-                    later = pending.next_attempt_at(claim, self._schedule)
-                    pending.reschedule(connection, claim, later if later is not None
-                                       else now_ms + self._lease_ms)
-                    metrics.retries.inc()
-                    continue
-                decision = outcome.to_decision(decided_at_ms=now_ms, attempts=claim.attempts + 1)
-                if pending.decide(connection, decision):
-                    self._count(decision.attribution_type, outcome, claim, now_ms)
-        self.decided += sum(1 for j in judgements if not j.outcome.retry)
+            pending.reschedule_many(connection, later)
+            stored = pending.decide_many(connection, [d for _, d in decided])
+        metrics.retries.inc(len(later))
+        for judgement, decision in decided:
+            if decision.order_id in stored:
+                self._count(decision.attribution_type, judgement.outcome, judgement.claim,
+                            now_ms)
+        self.decided += len(stored)
 
     def _count(self, kind: AttributionType, outcome: Outcome, claim: Claim, now_ms: int) -> None:
         metrics.decisions.labels(kind.value, outcome.explanation.rule.value).inc()

@@ -62,8 +62,18 @@ class Producer(Protocol):
 def enqueue(connection: sqlalchemy.Connection, topic: str, key: bytes | None,
             payload: bytes) -> None:
     """Add a message to the outbox inside the caller's transaction."""
-    connection.execute(schema.outbox.insert().values(
-        topic=topic, key=key, payload=payload, created_at=_now_ms()))
+    enqueue_many(connection, [(topic, key, payload)])
+
+
+def enqueue_many(connection: sqlalchemy.Connection,
+                 messages: Sequence[tuple[str, bytes | None, bytes]]) -> None:
+    """Add messages (topic, key, payload) in one executemany, in this order (ids ascend)."""
+    if not messages:
+        return
+    now = _now_ms()
+    connection.execute(schema.outbox.insert(), [
+        {"topic": topic, "key": key, "payload": payload, "created_at": now}
+        for topic, key, payload in messages])
 
 
 def unpublished(engine: Engine, limit: int) -> list[OutboxRow]:

@@ -122,29 +122,52 @@ def is_final(claim: Claim, schedule_s: Sequence[int]) -> bool:
 
 
 def reschedule(connection: Connection, claim: Claim, at_ms: int) -> None:
+    reschedule_many(connection, [(claim, at_ms)])
+
+
+def reschedule_many(connection: Connection, later: Sequence[tuple[Claim, int]]) -> None:
+    """Each claimed order's next look (attempts + 1), in one executemany."""
+    if not later:
+        return
     table = schema.attribution_pending
-    connection.execute(table.update().where(table.c.order_id == claim.order_id)
-                       .values(attempts=claim.attempts + 1, next_attempt_at=at_ms))
+    statement = (table.update().where(table.c.order_id == sqlalchemy.bindparam("b_order_id"))
+                 .values(attempts=sqlalchemy.bindparam("b_attempts"),
+                         next_attempt_at=sqlalchemy.bindparam("b_next")))
+    connection.execute(statement, [{"b_order_id": claim.order_id, "b_attempts": claim.attempts + 1,
+                                    "b_next": at_ms} for claim, at_ms in later])
 
 
 def decide(connection: Connection, decision: AttributionDecision) -> bool:
     """Store ``decision`` and queue its message; False if the order was decided already."""
-    values = {
-        "order_id": decision.order_id, "attribution_type": decision.attribution_type.value,
-        "promoter_id": decision.promoter_id, "channel_id": decision.channel_id,
-        "position_id": decision.position_id, "click_id": decision.click_id,
-        "evidence": decision.evidence.value, "reason": decision.reason[:500],
-        "order_created_at": decision.order_created_at, "decided_at": decision.decided_at,
-        "attempts": decision.attempts}
-    inserted = connection.execute(
-        _insert(connection, schema.attribution_decisions).values(values)
-        .on_conflict_do_nothing(index_elements=["order_id"])).rowcount
-    connection.execute(schema.attribution_pending.delete().where(
-        schema.attribution_pending.c.order_id == decision.order_id))
-    if inserted:
-        outbox.enqueue(connection, ATTRIBUTIONS_TOPIC, decision.order_id.encode(),
-                       decision.to_json())
-    return bool(inserted)
+    return bool(decide_many(connection, [decision]))
+
+
+def decide_many(connection: Connection, decisions: Sequence[AttributionDecision]) -> set[str]:
+    """Store decisions, queue the messages of the new ones; the order ids actually stored.
+
+    Three statements whatever the batch size: the decisions' insert (rows that
+    lose a race to another worker are skipped by ``ON CONFLICT DO NOTHING`` and
+    absent from ``RETURNING``), the queue delete, and the outbox insert.
+    """
+    if not decisions:
+        return set()
+    rows = [{
+        "order_id": d.order_id, "attribution_type": d.attribution_type.value,
+        "promoter_id": d.promoter_id, "channel_id": d.channel_id,
+        "position_id": d.position_id, "click_id": d.click_id, "evidence": d.evidence.value,
+        "reason": d.reason[:500], "order_created_at": d.order_created_at,
+        "decided_at": d.decided_at, "attempts": d.attempts} for d in decisions]
+    table = schema.attribution_decisions
+    statement = (_insert(connection, table).on_conflict_do_nothing(index_elements=["order_id"])
+                 .returning(table.c.order_id))
+    stored = set(connection.execute(statement, rows).scalars().all())
+    queue = schema.attribution_pending
+    connection.execute(queue.delete().where(queue.c.order_id.in_([d.order_id
+                                                                  for d in decisions])))
+    fresh = [d for d in decisions if d.order_id in stored]
+    outbox.enqueue_many(connection, [(ATTRIBUTIONS_TOPIC, d.order_id.encode(), d.to_json())
+                                     for d in fresh])
+    return stored
 
 
 def depth(engine: Engine) -> int:
