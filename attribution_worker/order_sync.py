@@ -63,6 +63,7 @@ class OrderSync:
         self._client_id = client_id
         self._stopping = asyncio.Event()
         self.applied = 0
+        self.settled = 0  # messages written (applied, ignored or dead-lettered)
         self.on_batch: list[Any] = []  # callables run after each committed batch (wake-ups)
 
     def stop(self) -> None:
@@ -119,6 +120,7 @@ class OrderSync:
         if counts[OutcomeKind.DEAD_LETTERED]:
             metrics.dead_letters.labels(ORDERS_TOPIC).inc(counts[OutcomeKind.DEAD_LETTERED])
         self.applied += counts[OutcomeKind.APPLIED]
+        self.settled += len(outcomes)
         return True
 
     async def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
