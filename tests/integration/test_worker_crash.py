@@ -1,15 +1,15 @@
 """A worker SIGKILLed mid-load: every valid 302 with a cookie still reaches Kafka.
 
 The edge runs two granian workers against a real Tansu broker.  Each delivery
-round lingers 400 ms, so at any moment a worker holds a few hundred accepted
-clicks in memory: exactly what a SIGKILL or the OOM killer used to lose.  One
-worker is killed with SIGKILL while the load runs; granian starts a successor,
-which adopts the dead worker's hand-off ring (as the sibling would, a few
-seconds later).  The load generator keeps the click id of every valid 302 that
-carried a cookie, and the whole topic is read back: nothing may be missing;
-duplicates (clicks whose batch was in flight at the kill) are counted by
-click id.  The same scenario with the ring turned off loses clicks, which
-shows the test can see a loss.
+round lingers 1.5 s, so at any moment a worker holds hundreds of accepted
+clicks in memory: exactly what a SIGKILL or the OOM killer used to lose.  The
+worker holding the load's connections is killed with SIGKILL while the load
+runs; granian starts a successor, which adopts the dead worker's hand-off
+ring (as the sibling would, a few seconds later).  The load generator keeps
+the click id of every valid 302 that carried a cookie, and the whole topic is
+read back: nothing may be missing; duplicates (clicks whose batch was in
+flight at the kill) are counted by click id.  The same scenario with the ring
+turned off loses clicks, which shows the test can see a loss.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from tests.integration.test_click_delivery import BackgroundLoad, metrics_until,
 
 pytestmark = pytest.mark.integration
 
-SLOW_ROUNDS = {"CPS_DELIVERY_LINGER_MS": "400", "CPS_BATCH_MAX_EVENTS": "20000"}
+SLOW_ROUNDS = {"CPS_DELIVERY_LINGER_MS": "1500", "CPS_BATCH_MAX_EVENTS": "20000"}
 RING_REPLAYED = 'cps_edge_clicks_replayed_total{source="ring"}'
 
 
@@ -47,7 +47,7 @@ async def kill_one_worker_mid_load(edge: EdgeProcess, keys: Keys) -> tuple[list[
     await until(lambda: len(workers_of(edge)) == 2, "two workers")
     load = BackgroundLoad(edge, keys, concurrency=16)
     await load.more(1500, "before the kill")
-    victim = workers_of(edge)[0]
+    victim = busiest(workers_of(edge), edge.port)
     os.kill(victim.pid, signal.SIGKILL)
     await until(lambda: not victim.is_running() or victim.status() == psutil.STATUS_ZOMBIE,
                 "the worker to die")
@@ -58,6 +58,18 @@ async def kill_one_worker_mid_load(edge: EdgeProcess, keys: Keys) -> tuple[list[
             if r.verdict == "valid" and r.click_id and "set-cookie" in r.headers]
     assert len(sent) >= 3000
     return sent, len(result.errors)
+
+
+def busiest(workers: list[psutil.Process], port: int) -> psutil.Process:
+    """The worker holding the most client connections: the one with clicks in memory.
+
+    The kernel hands keep-alive connections to whichever worker accepts first, so
+    on a loaded machine one worker may serve all of them while the other idles.
+    """
+    def held(worker: psutil.Process) -> int:
+        return sum(1 for c in worker.net_connections(kind="tcp")
+                   if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port)
+    return max(workers, key=held)
 
 
 def both_workers_drained(m: dict[str, float]) -> bool:
