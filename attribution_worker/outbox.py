@@ -30,6 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
 import sqlalchemy
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from sqlalchemy import Engine
@@ -39,6 +40,13 @@ from ledger_db import schema
 log = logging.getLogger("cps.attribution.outbox")
 
 ID_HEADER = "cps-outbox-id"
+# Rows keep their order in the batch: ids ascend with ORDINALITY.
+_PG_ENQUEUE = (
+    "INSERT INTO outbox (topic, key, payload, created_at) "
+    "SELECT r.topic, convert_to(r.key, 'UTF8'), convert_to(r.payload, 'UTF8'), r.created_at "
+    "FROM ROWS FROM (json_to_recordset(%(rows)s::json) AS (topic varchar, key text, "
+    "payload text, created_at bigint)) WITH ORDINALITY AS r(topic, key, payload, created_at, n) "
+    "ORDER BY r.n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +79,13 @@ def enqueue_many(connection: sqlalchemy.Connection,
     if not messages:
         return
     now = _now_ms()
+    if connection.dialect.name == "postgresql":
+        # One JSON parameter for the batch (keys and payloads are UTF-8 text here).
+        connection.exec_driver_sql(_PG_ENQUEUE, {"rows": orjson.dumps([
+            {"topic": topic, "key": None if key is None else key.decode(),
+             "payload": payload.decode(), "created_at": now}
+            for topic, key, payload in messages]).decode()})
+        return
     connection.execute(schema.outbox.insert(), [
         {"topic": topic, "key": key, "payload": payload, "created_at": now}
         for topic, key, payload in messages])
