@@ -10,7 +10,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import sqlalchemy
-from sqlalchemy import Engine
+from sqlalchemy import Engine, String
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from attribution_worker.rules import (
     ChannelAuthorisation,
@@ -25,6 +26,14 @@ from ledger_db import schema
 _CHUNK = 500
 
 
+def _in(engine: Engine, column: Any, ids: list[str]) -> Any:
+    """``column IN ids``; on PostgreSQL ``= ANY(array)``: one parameter, not 500 (psycopg
+    converts every placeholder of a statement on every execution)."""
+    if engine.dialect.name == "postgresql":
+        return column == sqlalchemy.any_(sqlalchemy.bindparam(None, ids, type_=ARRAY(String)))
+    return column.in_(ids)
+
+
 def _chunks(ids: Iterable[str]) -> Iterator[list[str]]:
     unique = sorted(set(ids))
     for start in range(0, len(unique), _CHUNK):
@@ -37,7 +46,7 @@ def load_orders(engine: Engine, order_ids: Iterable[str]) -> dict[str, OrderFact
     with engine.connect() as connection:
         for chunk in _chunks(order_ids):
             for row in connection.execute(sqlalchemy.select(table).where(
-                    table.c.order_id.in_(chunk))).mappings():
+                    _in(engine, table.c.order_id, chunk))).mappings():
                 found[row["order_id"]] = order_facts(row)
     return found
 
@@ -56,15 +65,15 @@ def load_shops(engine: Engine, shop_ids: Iterable[str]) -> dict[str, ShopFacts]:
         for chunk in _chunks(shop_ids):
             for row in connection.execute(sqlalchemy.select(
                     shops.c.shop_id, shops.c.cross_shop_opt_out).where(
-                    shops.c.shop_id.in_(chunk))):
+                    _in(engine, shops.c.shop_id, chunk))):
                 found[row.shop_id] = {"opt_out": bool(row.cross_shop_opt_out), "periods": [],
                                       "grants": []}
             for row in connection.execute(sqlalchemy.select(periods).where(
-                    periods.c.shop_id.in_(chunk)).order_by(periods.c.joined_at)):
+                    _in(engine, periods.c.shop_id, chunk)).order_by(periods.c.joined_at)):
                 if row.shop_id in found:
                     found[row.shop_id]["periods"].append(CpsPeriod(row.joined_at, row.exited_at))
             for row in connection.execute(sqlalchemy.select(grants).where(
-                    grants.c.shop_id.in_(chunk)).order_by(grants.c.authorised_at)):
+                    _in(engine, grants.c.shop_id, chunk)).order_by(grants.c.authorised_at)):
                 if row.shop_id in found:
                     found[row.shop_id]["grants"].append(ChannelAuthorisation(
                         row.channel_id, row.authorised_at, row.revoked_at))
@@ -79,7 +88,7 @@ def load_promoters(engine: Engine, promoter_ids: Iterable[str]) -> dict[str, Pro
         for chunk in _chunks(promoter_ids):
             for row in connection.execute(sqlalchemy.select(
                     table.c.promoter_id, table.c.account_id, table.c.self_purchase).where(
-                    table.c.promoter_id.in_(chunk))):
+                    _in(engine, table.c.promoter_id, chunk))):
                 policy = SelfPurchase(row.self_purchase) if row.self_purchase else None
                 found[row.promoter_id] = PromoterFacts(row.promoter_id, row.account_id, policy)
     return found

