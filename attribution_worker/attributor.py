@@ -206,14 +206,20 @@ class Attributor:
 
     # -- the loop --------------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event, idle_s: float = 0.2) -> None:
+    async def run(self, stop: asyncio.Event, idle_s: float = 0.2,
+                  linger_s: float = 0.05) -> None:
+        """Rounds until ``stop``: at once while full, after ``linger_s`` while a trickle
+        (a round has a fixed cost of six statements), after ``idle_s`` when idle."""
         while not stop.is_set():
             try:
                 done = await self.run_once()
             except Exception:  # the loop outlives a bad round; the leases bring orders back
                 log.exception("attribution round failed")
                 done = 0
-            if done == 0:
+            if 0 < done < self._batch_max and linger_s > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), linger_s)
+            elif done == 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), idle_s)
 

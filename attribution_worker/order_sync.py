@@ -53,13 +53,14 @@ def store_batch(engine: Engine, messages: Sequence[IncomingMessage],
 
 class OrderSync:
     def __init__(self, engine: Engine, bootstrap: str, *, group_id: str = GROUP_ID,
-                 batch_max: int = 2000, poll_ms: int = 200,
+                 batch_max: int = 2000, poll_ms: int = 200, linger_s: float = 0.05,
                  client_id: str = "cps-order-sync") -> None:
         self._engine = engine
         self._bootstrap = bootstrap
         self._group_id = group_id
         self._batch_max = batch_max
         self._poll_ms = poll_ms
+        self._linger_s = linger_s
         self._client_id = client_id
         self._stopping = asyncio.Event()
         self.applied = 0
@@ -87,9 +88,7 @@ class OrderSync:
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         while not self._stopping.is_set():
-            batches = await consumer.getmany(timeout_ms=self._poll_ms,
-                                             max_records=self._batch_max)
-            records = [r for tp in sorted(batches, key=_tp_order) for r in batches[tp]]
+            records = await self._poll(consumer)
             if records:
                 if not await self._settle(records):
                     return  # stopping with the batch unwritten: not committed, replayed later
@@ -101,6 +100,21 @@ class OrderSync:
                 for hook in self.on_batch:
                     hook()
             await self._report_lag(consumer)
+
+    async def _poll(self, consumer: AIOKafkaConsumer) -> list[ConsumerRecord[Any, Any]]:
+        """Up to ``batch_max`` records; a trickle is given ``linger_s`` to become a batch.
+
+        Each batch costs a transaction with a fixed dozen statements: at 1,000 orders/s
+        one batch per 50 ms keeps that cost small without adding noticeable delay.
+        """
+        batches = await consumer.getmany(timeout_ms=self._poll_ms, max_records=self._batch_max)
+        records = [r for tp in sorted(batches, key=_tp_order) for r in batches[tp]]
+        if records and len(records) < self._batch_max and self._linger_s > 0:
+            await self._pause(self._linger_s)
+            more = await consumer.getmany(timeout_ms=0,
+                                          max_records=self._batch_max - len(records))
+            records += [r for tp in sorted(more, key=_tp_order) for r in more[tp]]
+        return records
 
     async def _settle(self, records: Sequence[ConsumerRecord[Any, Any]]) -> bool:
         messages = [IncomingMessage(raw=r.value or b"", topic=r.topic, partition=r.partition,

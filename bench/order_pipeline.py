@@ -168,27 +168,39 @@ def decided(engine: sqlalchemy.Engine) -> int:
             schema.attribution_decisions)).scalar_one())
 
 
-async def pipeline(engine: sqlalchemy.Engine, bootstrap: str, store: RedisClickStore,
-                   total_messages: int, orders: int, stop_at_orders: int | None = None
-                   ) -> dict[str, float]:
-    sync = OrderSync(engine, bootstrap, batch_max=2000, poll_ms=100)
-    attributor = Attributor(engine, store, CookieSealer(COOKIES), Policy(), schedule_s=(1,),
-                            batch_max=1000, lookup_concurrency=32)
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(sync.run()), asyncio.create_task(attributor.run(stop, 0.05))]
+class Pipeline:
+    """One worker's order sync + attributor, as ``cps-attribution run`` runs them, kept
+    running from the backlog into the steady phase (a consumer group rejoin would cost
+    the steady phase its first seconds)."""
+
+    def __init__(self, engine: sqlalchemy.Engine, bootstrap: str,
+                 store: RedisClickStore) -> None:
+        self.sync = OrderSync(engine, bootstrap, batch_max=2000)
+        self.attributor = Attributor(engine, store, CookieSealer(COOKIES), Policy(),
+                                     schedule_s=(1,), batch_max=1000, lookup_concurrency=32)
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self.sync.run()),
+                       asyncio.create_task(self.attributor.run(self._stop, 0.05))]
+
+    async def stop(self) -> None:
+        self.sync.stop()
+        self._stop.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def drain_backlog(engine: sqlalchemy.Engine, pipe: Pipeline, total_messages: int,
+                        orders: int) -> dict[str, float]:
     started = time.perf_counter()
     synced_at = None
-    try:
-        while True:
-            await asyncio.sleep(0.25)
-            if synced_at is None and sync.settled >= total_messages:
-                synced_at = time.perf_counter() - started
-            if await asyncio.to_thread(decided, engine) >= (stop_at_orders or orders):
-                break
-    finally:
-        sync.stop()
-        stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    while True:
+        await asyncio.sleep(0.25)
+        if synced_at is None and pipe.sync.settled >= total_messages:
+            synced_at = time.perf_counter() - started
+        if await asyncio.to_thread(decided, engine) >= orders:
+            break
     finished = time.perf_counter() - started
     return {"synced_s": synced_at or finished, "decided_s": finished}
 
@@ -236,35 +248,25 @@ async def _produce_paced(bootstrap: str, rate: int, seconds: int) -> None:
 async def steady(engine: sqlalchemy.Engine, bootstrap: str, store: RedisClickStore, rate: int,
                  seconds: int, already: int) -> dict[str, float]:
     """New CPS orders at ``rate``/s from another process; delay = decided_at - created_at."""
-    sync = OrderSync(engine, bootstrap, batch_max=2000, poll_ms=20)
-    attributor = Attributor(engine, store, CookieSealer(COOKIES), Policy(), schedule_s=(1,),
-                            batch_max=1000, lookup_concurrency=32)
     total = rate * seconds
     now = time.time_ns() // 1_000_000
-    # Their clicks are in the store already (made a second before each order, at the latest).
+    # Their clicks are in the store already (made before each order).
     clicks = [StoredClick(click_id=new_click_id(now), ts_ms=now, buyer_key=f"steady-{n}",
                           promoter_id="p1", channel_id="live", position_id=None, shop_id="s1",
                           product_id="42", sub_ids=(), link_exp=None) for n in range(total)]
     for start in range(0, total, 5000):
         await store.put_many(clicks[start:start + 5000])
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(sync.run()), asyncio.create_task(attributor.run(stop, 0.01))]
     producer = multiprocessing.get_context("spawn").Process(
         target=_steady_producer, args=(bootstrap, rate, seconds))
     started = time.perf_counter()
     producer.start()
-    try:
-        await asyncio.to_thread(producer.join)
-        produced_s = time.perf_counter() - started
-        deadline = time.monotonic() + 120
-        while await asyncio.to_thread(decided, engine) < already + total:
-            if time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.2)
-    finally:
-        sync.stop()
-        stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.to_thread(producer.join)
+    produced_s = time.perf_counter() - started
+    deadline = time.monotonic() + 120
+    while await asyncio.to_thread(decided, engine) < already + total:
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
     table = schema.attribution_decisions
     with engine.connect() as conn:
         rows = conn.execute(sqlalchemy.select(table.c.decided_at - table.c.order_created_at)
@@ -299,8 +301,9 @@ async def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                   f"in {produced_s:.1f} s", flush=True)
             base_s = await baseline(stack.broker.bootstrap, args.messages)
             print(f"baseline: {args.messages / base_s:,.0f} messages/s", flush=True)
-            timing = await pipeline(engine, stack.broker.bootstrap, store, args.messages,
-                                    backlog.orders)
+            pipe = Pipeline(engine, stack.broker.bootstrap, store)
+            pipe.start()
+            timing = await drain_backlog(engine, pipe, args.messages, backlog.orders)
             print(f"pipeline: {args.messages / timing['synced_s']:,.0f} messages/s synced, "
                   f"{backlog.orders / timing['decided_s']:,.0f} orders/s decided", flush=True)
             results.update(orders=backlog.orders, produced_s=produced_s, baseline_s=base_s,
@@ -309,6 +312,7 @@ async def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 results["steady"] = await steady(engine, stack.broker.bootstrap, store,
                                                  args.steady_rate, args.steady_s,
                                                  backlog.orders)
+            await pipe.stop()
             await store.close()
             engine.dispose()
         finally:
