@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -122,6 +123,7 @@ class PersisterConfig:
     topic: str = CLICKS_TOPIC
     group_id: str = GROUP_ID
     batch_max_records: int = 5000
+    writes_in_flight: int = 2  # batches written concurrently (commits stay in order)
     poll_timeout_ms: int = 500
     fallback_stream: str = CLICK_FALLBACK_STREAM
     fallback_cursor_key: str = FALLBACK_CURSOR_KEY
@@ -245,22 +247,50 @@ class ClickPersister:
                 await _close_consumer(consumer)
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
-        cfg = self.config
-        while not self._stopping.is_set():
-            batch = await consumer.getmany(timeout_ms=cfg.poll_timeout_ms,
-                                           max_records=cfg.batch_max_records)
-            if batch:
-                await self._kafka_batch(consumer, batch)
-            self.metrics.lag(cfg.topic, await _lag(consumer))
+        """Poll, decode, write, commit, with the store working while this process decodes.
 
-    async def _kafka_batch(self, consumer: AIOKafkaConsumer,
-                           batch: dict[TopicPartition, list[Any]]) -> None:
-        started = time.perf_counter()
+        Up to ``writes_in_flight`` batches are being written while the next is
+        decoded: the store (its own core, or across the network) never waits
+        for this process between batches.  Each batch commits only after its
+        own write and every earlier batch's commit, so commits stay in order;
+        at most ``writes_in_flight + 1`` batches are held.
+        """
+        cfg = self.config
+        in_flight: deque[asyncio.Task[None]] = deque()
+        try:
+            while not self._stopping.is_set():
+                batch = await consumer.getmany(timeout_ms=cfg.poll_timeout_ms,
+                                               max_records=cfg.batch_max_records)
+                if batch:
+                    started = time.perf_counter()
+                    decoded = self._decode_kafka(batch)
+                    while len(in_flight) >= cfg.writes_in_flight:
+                        await in_flight.popleft()
+                    previous = in_flight[-1] if in_flight else None
+                    in_flight.append(asyncio.create_task(self._store_and_commit(
+                        consumer, batch, decoded, started, previous)))
+                    # Let it send its write now: getmany may return buffered records
+                    # without yielding, and the next decode would run first.
+                    await asyncio.sleep(0)
+                self.metrics.lag(cfg.topic, await _lag(consumer))
+        finally:
+            # stop(): finish the batches in hand (write + commit), in order.
+            while in_flight:
+                await in_flight.popleft()
+
+    def _decode_kafka(self, batch: dict[TopicPartition, list[Any]]) -> Decoded:
         topic = self.config.topic
-        decoded = decode_records(
+        return decode_records(
             (record.value, f"{topic}/{tp.partition}@{record.offset}")
             for tp, records in batch.items() for record in records)
+
+    async def _store_and_commit(self, consumer: AIOKafkaConsumer,
+                                batch: dict[TopicPartition, list[Any]], decoded: Decoded,
+                                started: float, previous: asyncio.Task[None] | None) -> None:
+        topic = self.config.topic
         await self._settle(topic, decoded)
+        if previous is not None:
+            await previous  # its failure (stop during a retry) is ours: no commit
         offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
         try:
             await consumer.commit(offsets)

@@ -147,7 +147,8 @@ async def test_shop_and_sitewide_clicks_stay_apart(store: ClickStore) -> None:
 async def test_opaque_buyer_keys_do_not_bleed_into_each_other(store: ClickStore) -> None:
     t, tag = now_ms() - 1000, uuid.uuid4().hex[:6]
     # "x#shop-1" as a buyer, site-wide, must not look like buyer "x" on shop-1, etc.
-    buyers = [f"{tag}", f"{tag}#shop-1", f"{tag}#*", f"{tag}%23shop-1", f"{tag}%", f"{tag} ü*"]
+    buyers = [f"{tag}", f"{tag}#shop-1", f"{tag}#*", f"{tag}%23shop-1", f"{tag}%", f"{tag} ü*",
+              f"{tag}\t1\t", f"{tag}\n", f"{tag}%09"]
     clicks = {b: click(b, t - i, "shop-1" if i % 2 == 0 else None)
               for i, b in enumerate(buyers)}
     await store.put_many(list(clicks.values()))
@@ -254,12 +255,32 @@ async def test_redis_keys_expire_with_the_click(redis_server: RedisServer) -> No
         older, newer = click(buyer, t - 5 * DAY_MS), click(buyer, t - DAY_MS)
         await store.put_many([newer])
         await store.put_many([older])  # an older click must not shorten the index's life
-        assert await store.redis.pexpiretime(store.click_key(older.click_id)) == \
+        assert await store.redis.pexpiretime(store.bucket_key(older.click_id)) == \
             older.ts_ms + RETENTION_MS
-        assert await store.redis.pexpiretime(store.click_key(newer.click_id)) == \
+        assert await store.redis.pexpiretime(store.bucket_key(newer.click_id)) == \
             newer.ts_ms + RETENTION_MS
         assert await store.redis.pexpiretime(store.index_key(buyer, "shop-1")) == \
             newer.ts_ms + RETENTION_MS
+    finally:
+        await store.close()
+
+
+async def test_redis_bucket_outliving_a_click_does_not_return_it(
+        redis_server: RedisServer) -> None:
+    clock = [now_ms()]
+    store = RedisClickStore(redis_server.url, prefix=f"bkt{uuid.uuid4().hex[:6]}:",
+                            retention_ms=10 * DAY_MS, clock_ms=lambda: clock[0])
+    try:
+        buyer, second = new_buyer(), clock[0] // 1000 * 1000
+        early, late = click(buyer, second + 10, None), click(buyer, second + 900, None)
+        await store.put_many([early, late])
+        assert store.bucket_key(early.click_id) == store.bucket_key(late.click_id)
+        assert await store.redis.pexpiretime(store.bucket_key(early.click_id)) == \
+            late.ts_ms + 10 * DAY_MS
+        clock[0] = early.ts_ms + 10 * DAY_MS + 1  # early is past retention, late is not
+        assert await store.get(early.click_id) is None
+        assert await store.get(late.click_id) == late
+        assert await store.latest_sitewide(buyer, early.ts_ms, 0) is None
     finally:
         await store.close()
 

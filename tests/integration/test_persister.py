@@ -118,7 +118,9 @@ async def assert_stored(store: RedisClickStore, evs: Iterable[ClickEvent]) -> No
 
 
 async def stored_keys(store: RedisClickStore) -> int:
-    return len([k async for k in store.redis.scan_iter(match=f"{store.prefix}c:*", count=1000)])
+    """Clicks held in the store's buckets."""
+    buckets = [k async for k in store.redis.scan_iter(match=f"{store.prefix}h:*", count=1000)]
+    return sum([await store.redis.hlen(k) for k in buckets])
 
 
 @pytest.fixture

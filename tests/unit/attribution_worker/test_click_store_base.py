@@ -151,10 +151,10 @@ def test_retained_drops_clicks_at_or_past_retention() -> None:
 
 
 def test_escaping_is_injective_and_hash_free() -> None:
-    values = ["a", "a#", "a%23", "a%", "%", "#", "%25", "a#b", "*"]
+    values = ["a", "a#", "a%23", "a%", "%", "#", "%25", "a#b", "*", "\t", "%09", "\n", "a\nb"]
     escaped = [escape_key_part(v) for v in values]
     assert len(set(escaped)) == len(values)
-    assert all("#" not in e for e in escaped)
+    assert not any(c in e for e in escaped for c in "#\t\n")
 
 
 @given(st.text(min_size=1), st.text(min_size=1), st.none() | _IDS, st.none() | _IDS)
@@ -197,3 +197,23 @@ def test_id_rows_spread_writes_and_never_collide_with_index_rows() -> None:
     c = stored(click_id=f"{TS:012x}0123456789abcdef")
     assert id_row_key(c.click_id).startswith(b"c#fedcba98")  # the random bits lead
     assert index_row_key(c).startswith(b"b#")
+
+
+_ANY = st.none() | st.booleans() | st.integers(-5, MAX_TS_MS + 5) | st.text(max_size=70) \
+    | st.sampled_from(["p1", "shop-1", "a#b", "*", "", f"{TS:012x}{'ab' * 8}", "A" * 28])
+_FIELD_NAMES = list(StoredClick.__dataclass_fields__)
+
+
+@settings(max_examples=300)
+@given(st.dictionaries(st.sampled_from(_FIELD_NAMES), _ANY | st.tuples(st.text(max_size=3)),
+                       max_size=4))
+def test_the_fast_check_agrees_with_the_explained_one(changes: dict[str, object]) -> None:
+    from attribution_worker.click_store.base import _explain, _problem
+
+    click = object.__new__(StoredClick)  # bypass __post_init__ to try any values
+    for name in _FIELD_NAMES:
+        object.__setattr__(click, name, getattr(stored(), name))
+    for name, value in changes.items():
+        object.__setattr__(click, name, value)
+    assert (_problem(click) is None) == (_explain(click) is None)
+    assert _problem(click) == _explain(click)
