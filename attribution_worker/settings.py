@@ -8,15 +8,13 @@ with a message naming the variable (``contracts.settings.load_settings``).
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from contracts.settings import CookieKeys
+from contracts.settings import CookieKeys, KafkaBootstrap, LogLevel, RedisUrl
 
-_BOOTSTRAP = re.compile(r"[A-Za-z0-9.-]+:\d{1,5}")
 DAY_S = 86_400
 
 
@@ -44,10 +42,10 @@ class AttributionSettings(BaseSettings):
 
     # Where things are.
     database_url: str = "sqlite:///var/ledger.db"
-    kafka_bootstrap: str = "127.0.0.1:9092"
-    redis_url: str = "redis://127.0.0.1:6379/0"  # the edge's fallback stream
+    kafka_bootstrap: KafkaBootstrap = "127.0.0.1:9092"
+    redis_url: RedisUrl = "redis://127.0.0.1:6379/0"  # the edge's fallback stream
     click_store: Literal["redis", "bigtable"] = "redis"
-    click_store_redis_url: str | None = None  # default: CPS_REDIS_URL
+    click_store_redis_url: RedisUrl | None = None  # default: CPS_REDIS_URL
     bigtable_project: str = "cps"
     bigtable_instance: str = "cps"
     bigtable_table: str = "clicks"
@@ -74,22 +72,7 @@ class AttributionSettings(BaseSettings):
     # Serving: the read-only click query API and /metrics.
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8100, ge=0, le=65535)
-    log_level: str = "info"
-
-    @field_validator("kafka_bootstrap")
-    @classmethod
-    def _bootstrap(cls, value: str) -> str:
-        hosts = [h.strip() for h in value.split(",") if h.strip()]
-        if not hosts or not all(_BOOTSTRAP.fullmatch(h) for h in hosts):
-            raise ValueError("expected HOST:PORT[,HOST:PORT...], e.g. kafka-1:9092")
-        return ",".join(hosts)
-
-    @field_validator("redis_url", "click_store_redis_url")
-    @classmethod
-    def _redis(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("expected redis://HOST:PORT/DB, rediss://... or unix://PATH")
-        return value
+    log_level: LogLevel = "info"
 
     @field_validator("database_url")
     @classmethod
@@ -97,13 +80,6 @@ class AttributionSettings(BaseSettings):
         if not value.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:")):
             raise ValueError("expected sqlite:///PATH or postgresql+psycopg://USER@HOST/DB")
         return value
-
-    @field_validator("log_level")
-    @classmethod
-    def _level(cls, value: str) -> str:
-        if value.lower() not in ("critical", "error", "warning", "info", "debug"):
-            raise ValueError("one of critical, error, warning, info, debug")
-        return value.lower()
 
     @property
     def window_ms(self) -> int:

@@ -10,10 +10,11 @@ Any secret setting ``CPS_X`` may instead be given as a file path in
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BeforeValidator, ValidationError
+from pydantic import AfterValidator, BeforeValidator, ValidationError
 from pydantic_settings import BaseSettings, NoDecode, SettingsError
 
 from contracts.cookie import AES_KEY_SIZES
@@ -53,6 +54,35 @@ def _allow_list(value: object) -> AllowList:
 LinkKeys = Annotated[KeyRing, NoDecode, _ring("CPS_LINK_KEYS", min_size=32)]
 CookieKeys = Annotated[KeyRing, NoDecode, _ring("CPS_COOKIE_KEYS", sizes=AES_KEY_SIZES)]
 AllowedHosts = Annotated[AllowList, NoDecode, BeforeValidator(_allow_list)]
+
+
+_BOOTSTRAP = re.compile(r"[A-Za-z0-9.-]+:\d{1,5}")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def _bootstrap(value: str) -> str:
+    hosts = [h.strip() for h in value.split(",") if h.strip()]
+    if not hosts or not all(_BOOTSTRAP.fullmatch(h) for h in hosts):
+        raise ValueError("expected HOST:PORT[,HOST:PORT...], e.g. kafka-1:9092")
+    return ",".join(hosts)
+
+
+def _redis_url(value: str) -> str:
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("expected redis://HOST:PORT/DB, rediss://... or unix://PATH")
+    return value
+
+
+def _log_level(value: str) -> str:
+    if value.lower() not in LOG_LEVELS:
+        raise ValueError("one of " + ", ".join(LOG_LEVELS))
+    return value.lower()
+
+
+# Settings every service shares, validated one way everywhere.
+KafkaBootstrap = Annotated[str, AfterValidator(_bootstrap)]
+RedisUrl = Annotated[str, AfterValidator(_redis_url)]
+LogLevel = Annotated[str, AfterValidator(_log_level)]
 
 
 def load_settings(cls: type[S], **overrides: Any) -> S:

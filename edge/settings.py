@@ -12,11 +12,17 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from contracts.settings import AllowedHosts, CookieKeys, LinkKeys
+from contracts.settings import (
+    AllowedHosts,
+    CookieKeys,
+    KafkaBootstrap,
+    LinkKeys,
+    LogLevel,
+    RedisUrl,
+)
 from contracts.targets import TargetError, parse_target
 from edge.delivery.ring import MIN_CAPACITY
 
-_BOOTSTRAP = re.compile(r"[A-Za-z0-9.-]+:\d{1,5}")
 _COOKIE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _COOKIE_DOMAIN = re.compile(r"\.?[a-z0-9-]+(\.[a-z0-9-]+)*")
 
@@ -50,10 +56,10 @@ class EdgeSettings(BaseSettings):
     bot_user_agents: str = ""
 
     # Click delivery.
-    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_bootstrap: KafkaBootstrap = "127.0.0.1:9092"
     kafka_timeout_ms: PositiveInt = 1000
     kafka_client_id: str = "cps-edge"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: RedisUrl = "redis://127.0.0.1:6379/0"
     redis_timeout_ms: PositiveInt = 500
     spool_dir: Path = Path("var/spool")
     spool_fsync: bool = True
@@ -66,22 +72,7 @@ class EdgeSettings(BaseSettings):
 
     # Observability.
     metrics_dir: Path | None = None
-    log_level: str = "info"
-
-    @field_validator("kafka_bootstrap")
-    @classmethod
-    def _bootstrap(cls, value: str) -> str:
-        hosts = [h.strip() for h in value.split(",") if h.strip()]
-        if not hosts or not all(_BOOTSTRAP.fullmatch(h) for h in hosts):
-            raise ValueError("expected HOST:PORT[,HOST:PORT...], e.g. kafka-1:9092")
-        return ",".join(hosts)
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("expected redis://HOST:PORT/DB, rediss://... or unix://PATH")
-        return value
+    log_level: LogLevel = "info"
 
     @field_validator("redirect_path")
     @classmethod
@@ -123,13 +114,6 @@ class EdgeSettings(BaseSettings):
         if value and value < MIN_CAPACITY:
             raise ValueError(f"must be 0 (off) or at least {MIN_CAPACITY} bytes")
         return value
-
-    @field_validator("log_level")
-    @classmethod
-    def _level(cls, value: str) -> str:
-        if value.lower() not in ("critical", "error", "warning", "info", "debug"):
-            raise ValueError("one of critical, error, warning, info, debug")
-        return value.lower()
 
     @model_validator(mode="after")
     def _http_policy(self) -> EdgeSettings:
