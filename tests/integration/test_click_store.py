@@ -127,7 +127,8 @@ async def test_the_latest_click_wins_whatever_the_write_order(store: ClickStore)
 
 async def test_same_millisecond_the_greater_click_id_wins(store: ClickStore) -> None:
     buyer, t = new_buyer(), now_ms() - 1000
-    low, high = click(buyer, t, seq=1), click(buyer, t, seq=2)
+    low = click(buyer, t, seq=(1 << 40) + next(_ids))
+    high = click(buyer, t, seq=(2 << 40) + next(_ids))
     await store.put_many([high, low])
     assert await store.latest(buyer, "shop-1", t, 0) == high
 
@@ -222,9 +223,9 @@ async def test_latest_matches_a_reference_model(store: ClickStore,
                                                 ) -> None:
     # Each example gets its own buyers (a fresh tag), so one store serves them all.
     tag, base = uuid.uuid4().hex[:8], now_ms() - 100_000
-    # Ids unique per click (as on the edge); seq orders clicks of the same millisecond.
-    clicks = [click(tag + b, base + offset, shop, seq=(seq << 32) + i)
-              for i, (b, shop, offset, seq) in enumerate(spec)]
+    # Ids unique across examples (as on the edge); seq orders clicks of one millisecond.
+    clicks = [click(tag + b, base + offset, shop, seq=(seq << 40) + next(_ids))
+              for b, shop, offset, seq in spec]
     await store.put_many(clicks)
     for b, shop, at, window in queries:
         fits = [c for c in clicks if c.buyer_key == tag + b and c.shop_id == shop
