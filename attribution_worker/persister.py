@@ -147,18 +147,22 @@ class Decoded:
     bad: list[tuple[bytes, str]] = field(default_factory=list)
 
 
-def decode_records(values: Iterable[tuple[bytes | None, str]]) -> Decoded:
-    """Sort ``(raw value, where)`` pairs; ``where`` goes into a bad record's reason."""
+def decode_records(values: Iterable[tuple[bytes | None, str, int]]) -> Decoded:
+    """Sort ``(raw value, place, position)`` triples into what to store, skip, set aside.
+
+    ``place@position`` (topic/partition@offset, stream/entry@line) goes into a
+    bad record's reason; it is formatted only then, not for every record.
+    """
     out = Decoded()
     clicks = out.clicks
-    for raw, where in values:
+    for raw, place, position in values:
         if raw is None:
-            out.bad.append((b"", f"record has no value ({where})"))
+            out.bad.append((b"", f"record has no value ({place}@{position})"))
             continue
         try:
             click = decode_click(raw)
         except (SchemaError, NotStorable) as err:
-            out.bad.append((raw, f"{err} ({where})"))
+            out.bad.append((raw, f"{err} ({place}@{position})"))
             continue
         if click is None:
             out.skipped += 1
@@ -280,9 +284,11 @@ class ClickPersister:
 
     def _decode_kafka(self, batch: dict[TopicPartition, list[Any]]) -> Decoded:
         topic = self.config.topic
-        return decode_records(
-            (record.value, f"{topic}/{tp.partition}@{record.offset}")
-            for tp, records in batch.items() for record in records)
+        values: list[tuple[bytes | None, str, int]] = []
+        for tp, records in batch.items():
+            place = f"{topic}/{tp.partition}"
+            values.extend((record.value, place, record.offset) for record in records)
+        return decode_records(values)
 
     async def _store_and_commit(self, consumer: AIOKafkaConsumer,
                                 batch: dict[TopicPartition, list[Any]], decoded: Decoded,
@@ -377,7 +383,7 @@ class ClickPersister:
 
 
 def _decode_entries(stream: str, entries: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> Decoded:
-    values: list[tuple[bytes | None, str]] = []
+    values: list[tuple[bytes | None, str, int]] = []
     unreadable: list[tuple[bytes, str]] = []
     for entry_id, fields in entries:
         where = f"{stream}/{entry_id.decode()}"
@@ -389,7 +395,7 @@ def _decode_entries(stream: str, entries: Sequence[tuple[bytes, dict[bytes, byte
         except BatchFormatError as err:
             unreadable.append((fields[b"b"], f"{err} ({where})"))
             continue
-        values.extend((value, f"{where} #{n}") for n, (_ts, _key, value) in enumerate(records))
+        values.extend((value, where, n) for n, (_ts, _key, value) in enumerate(records))
     decoded = decode_records(values)
     decoded.bad.extend(unreadable)
     return decoded

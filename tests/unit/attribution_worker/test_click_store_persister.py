@@ -21,8 +21,8 @@ def raw(verdict: Verdict = Verdict.VALID, **overrides: object) -> bytes:
 
 
 def test_records_are_sorted_into_clicks_skips_and_bad_ones() -> None:
-    decoded = decode_records([(raw(), "t/0@1"), (raw(Verdict.BOT), "t/0@2"), (b"{", "t/0@3"),
-                              (None, "t/0@4"), (raw(click_id="c1"), "t/1@5")])
+    decoded = decode_records([(raw(), "t/0", 1), (raw(Verdict.BOT), "t/0", 2), (b"{", "t/0", 3),
+                              (None, "t/0", 4), (raw(click_id="c1"), "t/1", 5)])
     assert [c.click_id for c in decoded.clicks] == [f"{TS:012x}{'1' * 16}"]
     assert decoded.skipped == 1
     assert [r for r, _ in decoded.bad] == [b"{", b"", raw(click_id="c1")]
