@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import multiprocessing
 import secrets
+import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -380,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results = asyncio.run(run(args, out))
     report.write_json(results, out / "results.json")
-    text = render(results, "python -m bench.order_pipeline " + " ".join(argv or []))
+    text = render(results, "python -m bench.order_pipeline " + " ".join(
+        sys.argv[1:] if argv is None else argv))
     print(text)
     if not args.no_record:
         report.append_results_md(text + f"\nFiles: `{out}` (results.json).\n")
