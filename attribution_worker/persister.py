@@ -14,7 +14,8 @@ Two readers feed one store, each in batches (one store call per batch):
   the edge's ``cps-click-drain`` group, so entries stay for the edge to drain
   into Kafka.  Clicks stranded there while the broker is down reach the store
   at once; the same clicks arrive again via Kafka later, and the idempotent
-  store makes that harmless.  The cursor advances only after the write.
+  store makes that harmless.  The cursor advances only after the write, and
+  only forward; every persister process shares it.
 
 Records that are not JSON, break the click schema (``ClickEvent.from_json``) or
 are valid clicks the store cannot hold go to a ``DeadLetterSink`` with their
@@ -57,6 +58,25 @@ log = logging.getLogger("cps.attribution.persister")
 
 GROUP_ID = "cps-click-persister"
 FALLBACK_CURSOR_KEY = CLICK_FALLBACK_STREAM + ":persister:cursor"
+# Every persister process reads the fallback stream from the one shared cursor
+# (their writes are idempotent, so overlapping reads cost only work); the cursor
+# only moves forward, so a slow process cannot send the others back.
+_ADVANCE_CURSOR = """
+local current = redis.call('GET', KEYS[1])
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+if current then
+  local cur_ms, cur_seq = parse(current)
+  local new_ms, new_seq = parse(ARGV[1])
+  if cur_ms and (new_ms < cur_ms or (new_ms == cur_ms and new_seq <= cur_seq)) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
 # Enough of a bad record to recognise it in a log line, not a megabyte of junk.
 LOG_RAW_BYTES = 200
 
@@ -377,7 +397,7 @@ class ClickPersister:
         started = time.perf_counter()
         decoded = _decode_entries(cfg.fallback_stream, entries)
         await self._settle(cfg.fallback_stream, decoded)
-        await client.set(cfg.fallback_cursor_key, entries[-1][0])
+        await client.eval(_ADVANCE_CURSOR, 1, cfg.fallback_cursor_key, entries[-1][0])
         n_records = len(decoded.clicks) + decoded.skipped + len(decoded.bad)
         self.metrics.batch(cfg.fallback_stream, n_records, time.perf_counter() - started)
 

@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from attribution_worker.click_store.base import StoredClick
 from attribution_worker.click_store.redis_store import RedisClickStore
 from attribution_worker.persister import (
+    _ADVANCE_CURSOR,
     FALLBACK_CURSOR_KEY,
     GROUP_ID,
     ClickPersister,
@@ -305,6 +306,24 @@ async def test_fallback_clicks_reach_the_store_with_the_broker_down(tmp_path: Pa
         await fallback.close()
         await client.aclose()
         await store.close()
+
+
+async def test_the_shared_fallback_cursor_only_moves_forward(stack: LocalStack) -> None:
+    client = aioredis.Redis.from_url(stack.redis.url)
+    key = "cursor-test"
+
+    async def advance(entry_id: str) -> bytes | None:
+        await client.eval(_ADVANCE_CURSOR, 1, key, entry_id)
+        value = await client.get(key)
+        assert value is None or isinstance(value, bytes)
+        return value
+
+    assert await advance("1700000000000-5") == b"1700000000000-5"
+    assert await advance("1700000000000-4") == b"1700000000000-5"  # a slower process
+    assert await advance("999999999999-9") == b"1700000000000-5"
+    assert await advance("1700000000000-12") == b"1700000000000-12"  # numeric, not text
+    assert await advance("1700000000001-0") == b"1700000000001-0"
+    await client.aclose()
 
 
 async def test_clicks_seen_in_both_paths_are_stored_once(stack: LocalStack,
