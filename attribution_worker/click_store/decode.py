@@ -42,11 +42,12 @@ def decode_click(raw: bytes | str) -> StoredClick | None:
             return None
         if obj["promoter_id"] is None or obj["channel_id"] is None:
             raise NotStorable("promoter_id/channel_id: a valid click needs both")
-        return StoredClick(click_id=obj["click_id"], ts_ms=obj["ts"], buyer_key=obj["buyer_key"],
-                           promoter_id=obj["promoter_id"], channel_id=obj["channel_id"],
-                           position_id=obj["position_id"], shop_id=obj["shop_id"],
-                           product_id=obj["product_id"], sub_ids=tuple(obj["sub_ids"]),
-                           link_exp=obj["link_exp"])
+        # Positional (0.5 us cheaper than keywords), in field order:
+        # click_id, ts_ms, buyer_key, promoter_id, channel_id, position_id,
+        # shop_id, product_id, sub_ids, link_exp.
+        return StoredClick(obj["click_id"], obj["ts"], obj["buyer_key"], obj["promoter_id"],
+                           obj["channel_id"], obj["position_id"], obj["shop_id"],
+                           obj["product_id"], tuple(obj["sub_ids"]), obj["link_exp"])
     if not isinstance(obj, dict):
         raise SchemaError("a click record is a JSON object")
     event = ClickEvent.from_dict(obj)

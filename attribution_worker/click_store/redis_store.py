@@ -30,12 +30,15 @@ client packs one argument per chunk instead of five per click; the script runs
 ``HSETNX`` + ``ZADD`` + ``PEXPIREAT`` per new click (plus ``PEXPIREAT GT`` and a
 trim when the buyer already had clicks for that shop) and two ``PEXPIREAT``
 per bucket.  Measured on the 2-core dev VM (Redis 7.0, 200,000 distinct
-buyers): ~10 us of Redis time per new click, under 1 us of client time, i.e.
-~100,000 clicks/s per Redis core; a chunk blocks Redis for at most ~10 ms and
-the chunks of one batch are pipelined.  (A plain pipeline of the same commands
-measured 10,000 clicks/s, bound by redis-py packing the arguments; a string
-key per click with ``SET NX PXAT``, 13-18 us and 476 bytes per click.)  The
-script touches keys it was not passed in ``KEYS``, which standalone Redis
+buyers): ~8 us of Redis time per new click without persistence, 11-19 us with
+AOF ``everysec`` (a script's writes reach the AOF command by command), and
+~2 us of client time; a chunk blocks Redis for at most ~10-20 ms and the chunks
+of one batch are pipelined.  Alternatives measured: a plain pipeline of the
+same commands, 10,000 clicks/s (redis-py packing five arguments per click); a
+string key per click (``SET NX PXAT``), 13-18 us and 476 bytes per click; the
+index as buyer-slot sorted sets ordered by member like the Bigtable row keys,
+11 us and no less memory; a JSON script argument (``cjson.decode``), +1.5 us.
+The script touches keys it was not passed in ``KEYS``, which standalone Redis
 allows and Redis Cluster does not: the scale-out path is Bigtable, not Cluster.
 
 Memory, measured (distinct buyers, 130-byte values; ``bench/click_persister.py``
