@@ -15,6 +15,7 @@ Modules:
 * :mod:`devstack.tansu` - :class:`~devstack.tansu.TansuBroker`.
 * :mod:`devstack.s3` - :class:`~devstack.s3.LocalS3` (moto).
 * :mod:`devstack.redis_server` - :class:`~devstack.redis_server.RedisServer`.
+* :mod:`devstack.bigtable` - :class:`~devstack.bigtable.BigtableEmulator` (emulator).
 * :mod:`devstack.kafka_admin` - create topics, read a topic back in full.
 * :mod:`devstack.stack` - :class:`~devstack.stack.LocalStack`, all of the above together.
 """
