@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -353,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     tempfile.tempdir = str(out)
     results = asyncio.run(run(args, out))
+    # The store's AOF (~50 MB) is of no use afterwards; the server logs stay.
+    shutil.rmtree(out / "stack" / "redis", ignore_errors=True)
     results["machine"] = machine()
     results["command"] = "python -m bench.click_persister " + " ".join(
         argv if argv is not None else sys.argv[1:])
