@@ -6,8 +6,9 @@ Two readers feed one store, each in batches (one store call per batch):
   ``batch_max_records`` records per poll, decoded, the valid clicks written in
   one ``put_many``, then the batch's offsets committed.  Commits only follow a
   successful write: at-least-once delivery into an idempotent store (by click
-  id) is effectively once.  A failing store is retried with backoff, without
-  polling further, so lag (not loss) is what an outage costs.
+  id) is effectively once.  A failing store or dead-letter sink is retried
+  with backoff, without polling further, so lag (not loss) is what an outage
+  costs; any other failure restarts the consumer from the last commit.
 * **The fallback stream** ``cps:clicks:fallback``, where the edge parks batches
   while Kafka is down: read with plain ``XREAD`` from the persister's own cursor
   (kept in Redis under ``cps:clicks:fallback:persister:cursor``), never through
@@ -34,8 +35,9 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -264,8 +266,15 @@ class ClickPersister:
             self._consumer = consumer
             try:
                 await self._consume(consumer)
+                delay_s = self.config.retry_initial_s
             except _Stopping:
                 pass
+            except Exception:
+                # Never die silently: a new consumer resumes from the last commit.
+                log.exception("kafka consumption failed; restarting the consumer in %.1fs",
+                              delay_s)
+                await self._sleep(delay_s)
+                delay_s = min(delay_s * 2, self.config.retry_max_s)
             finally:
                 self._consumer = None
                 await _close_consumer(consumer)
@@ -323,6 +332,10 @@ class ClickPersister:
         except (CommitFailedError, IllegalStateError) as err:
             # Rebalanced while writing: the new owner replays these records, harmlessly.
             log.warning("commit after a rebalance failed (%s); records will be replayed", err)
+        except KafkaError as err:
+            # The next batch's commit covers these offsets too; if none comes,
+            # a restart replays them into the idempotent store.
+            log.warning("commit failed (%s); a later commit or a replay covers it", err)
         n_records = sum(len(records) for records in batch.values())
         self.metrics.batch(topic, n_records, time.perf_counter() - started)
 
@@ -331,24 +344,30 @@ class ClickPersister:
     async def _settle(self, source: str, decoded: Decoded) -> None:
         """Dead-letter, write (retrying until it succeeds or stop), count."""
         for raw, reason in decoded.bad:
-            await self.dead_letters.put(source, raw, reason)
+            # The sink is pluggable (a database table): whatever it raises is retried.
+            await self._retry(f"dead-lettering a record from {source}",
+                              partial(self.dead_letters.put, source, raw, reason), Exception)
         if decoded.clicks:
-            await self._write(decoded.clicks)
+            clicks = decoded.clicks
+            await self._retry(f"click store write of {len(clicks)} clicks",
+                              lambda: self.store.put_many(clicks), ClickStoreError)
         self.metrics.written(source, len(decoded.clicks))
         self.metrics.skipped(source, decoded.skipped)
         self.metrics.bad(source, len(decoded.bad))
 
-    async def _write(self, clicks: Sequence[StoredClick]) -> None:
+    async def _retry(self, what: str, attempt: Callable[[], Awaitable[object]],
+                     errors: type[Exception] | tuple[type[Exception], ...]) -> None:
+        """``attempt()`` until it succeeds, backing off; ``_Stopping`` if stop() comes first."""
         delay_s = self.config.retry_initial_s
         while True:
             try:
-                await self.store.put_many(clicks)
+                await attempt()
                 return
-            except ClickStoreError as err:
+            except errors as err:
                 if self._stopping.is_set():
                     raise _Stopping from None
-                log.warning("click store write of %d clicks failed (%s); retrying in %.1fs",
-                            len(clicks), err, delay_s)
+                log.warning("%s failed (%s: %s); retrying in %.1fs", what,
+                            type(err).__name__, err, delay_s)
             await self._sleep(delay_s)
             delay_s = min(delay_s * 2, self.config.retry_max_s)
 
@@ -376,6 +395,13 @@ class ClickPersister:
                 except (RedisError, OSError, TimeoutError) as err:
                     log.warning("fallback stream unreadable (%s: %s); retrying in %.1fs",
                                 type(err).__name__, err, delay_s)
+                    await self._sleep(delay_s)
+                    delay_s = min(delay_s * 2, cfg.retry_max_s)
+                except _Stopping:
+                    raise
+                except Exception:
+                    log.exception("reading the fallback stream failed; retrying in %.1fs",
+                                  delay_s)
                     await self._sleep(delay_s)
                     delay_s = min(delay_s * 2, cfg.retry_max_s)
         except _Stopping:

@@ -252,6 +252,37 @@ async def test_a_store_outage_delays_but_loses_nothing(stack: LocalStack,
         await store.close()
 
 
+class FlakyDeadLetters(DeadLetters):
+    """Fails its first ``failures`` calls, like a database that is briefly down."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def put(self, source: str, raw: bytes, reason: str) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise ConnectionError("dead-letter table unreachable")
+        await super().put(source, raw, reason)
+
+
+async def test_a_failing_dead_letter_sink_is_retried_not_fatal(stack: LocalStack,
+                                                              store: RedisClickStore) -> None:
+    evs = events(50)
+    await produce(stack.broker.bootstrap, [*records_of(evs), (None, b"junk")])
+    metrics, dead = CountingMetrics(), FlakyDeadLetters(failures=3)
+    persister = ClickPersister(store, config(stack.broker.bootstrap), metrics=metrics,
+                               dead_letters=dead)
+    await persister.start()
+    try:
+        await until(lambda: metrics.records_total == 51, "every record")
+    finally:
+        await persister.stop()
+    assert [raw for _, raw, _ in dead.items] == [b"junk"]
+    assert dead.failures == 0
+    await assert_stored(store, evs)
+
+
 # -- from the edge's fallback stream ------------------------------------------------
 
 
