@@ -1,11 +1,15 @@
-"""``cps-dev``: the edge and everything it needs on one machine, for development.
+"""``cps-dev``: the whole pipeline on one machine, for development.
 
-    cps-dev up [--port 8000] [--workers 1]   broker + redis + edge, prints a demo link
+    cps-dev up [--port 8000] [--workers 1]   broker + redis + edge + attribution service,
+                                             prints a demo link
     cps-dev env                              export lines for the dev keys (eval "$(cps-dev env)")
     cps-dev clicks [--follow]                print the click events in the dev broker
+    cps-dev order --token COOKIE [--id ID]   send a demo order carrying a click's cookie
+    cps-dev decisions [--follow]             print the attribution decisions
 
-State (generated dev keys, Redis AOF, disk spool, logs) lives in ``.cps-dev/``
-under the current directory.  The keys are development keys: never deploy them.
+State (generated dev keys, Redis AOF, disk spool, the SQLite ledger, logs) lives
+in ``.cps-dev/`` under the current directory.  The keys are development keys:
+never deploy them.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import orjson
 from contracts.keys import generate_ring
 from contracts.links import mint_link
 from contracts.settings import ConfigError, load_settings
-from contracts.topics import CLICKS_TOPIC
+from contracts.topics import ATTRIBUTIONS_TOPIC, CLICKS_TOPIC, ORDERS_TOPIC
 from devstack.kafka_admin import read_topic
 from devstack.processes import ManagedProcess, ServiceStartError, free_port, port_accepts
 from devstack.stack import LocalStack
@@ -33,6 +37,9 @@ from edge.settings import EdgeSettings
 
 STATE_DIR = Path(".cps-dev")
 DEMO_HOSTS = "shop.example.com,*.shop.example.com"
+DEMO_SHOP = "demo-shop"
+DEMO_PROMOTER = "demo-promoter"
+DEMO_CHANNEL = "live-demo"
 DEMO_TARGET = "https://shop.example.com/item/42?utm_source=cps"
 # curl's own User-Agent is a script client's, which the edge answers as a bot
 # (no cookie); the demo shows a buyer's click, so it sends a browser's.
@@ -66,6 +73,9 @@ def _dev_env(state: Path, *, edge_port: int, kafka: str, redis: str) -> dict[str
         "CPS_REDIS_URL": redis,
         "CPS_SPOOL_DIR": str((state / "spool").absolute()),
         "CPS_VERDICT_HEADER": "true",
+        "CPS_DATABASE_URL": f"sqlite:///{(state / 'ledger.db').absolute()}",
+        # Demo pace: an order without a click is decided after 2 s and 10 s, not 30 min.
+        "CPS_ATTRIBUTION_RETRY_SCHEDULE_S": "2,10",
         **_dev_keys(state),
     }
     # Anything the developer exported wins over the dev defaults.
@@ -88,6 +98,35 @@ def _wait_ready(port: int, edge: ManagedProcess, timeout: float = 30) -> None:
     raise ServiceStartError(f"the edge did not become ready in {timeout:.0f}s:\n{edge.tail(30)}")
 
 
+def _demo_master_data(database_url: str) -> None:
+    """The demo shop (in commission promotion), channel and promoter; kept if present."""
+    import ledger_db
+    from ledger_db import master_data
+
+    ledger_db.migrate(database_url)
+    engine = ledger_db.connect(database_url)
+    now_ms = time.time_ns() // 1_000_000
+    try:
+        with engine.begin() as conn:
+            known = {shop.shop_id for shop in master_data.list_shops(conn)}
+            if DEMO_SHOP not in known:
+                master_data.add_shop(conn, DEMO_SHOP, now_ms=now_ms, name="Demo shop")
+                master_data.join_cps(conn, DEMO_SHOP, now_ms - 1000)
+                master_data.add_channel(conn, DEMO_CHANNEL, now_ms=now_ms, name="Demo live")
+                master_data.add_promoter(conn, DEMO_PROMOTER, now_ms=now_ms)
+    finally:
+        engine.dispose()
+
+
+def _start_attribution(state: Path) -> ManagedProcess:
+    port = _pick_port(8100)
+    os.environ["CPS_HTTP_PORT"] = str(port)
+    service = ManagedProcess([sys.executable, "-m", "attribution_worker.cli", "run"],
+                             log_path=state / "logs" / "attribution.log", env=dict(os.environ),
+                             name="attribution")
+    return service.start(ready=lambda: port_accepts("127.0.0.1", port), timeout=60)
+
+
 def up(args: argparse.Namespace) -> int:
     state = STATE_DIR.absolute()
     (state / "logs").mkdir(parents=True, exist_ok=True)
@@ -99,7 +138,8 @@ def up(args: argparse.Namespace) -> int:
     # SIGTERM unwinds like Ctrl-C: every `with` below stops what it started.
     signal.signal(signal.SIGTERM, _interrupt)
     print("starting Tansu broker and redis-server ...", flush=True)
-    with LocalStack(state, topics={CLICKS_TOPIC: 4}, kafka_port=_pick_port(19092),
+    topics = {CLICKS_TOPIC: 4, ORDERS_TOPIC: 4, ATTRIBUTIONS_TOPIC: 4}
+    with LocalStack(state, topics=topics, kafka_port=_pick_port(19092),
                     redis_port=_pick_port(16379)) as stack:
         os.environ.update(_dev_env(state, edge_port=edge_port, kafka=stack.broker.bootstrap,
                                    redis=stack.redis.url))
@@ -108,49 +148,111 @@ def up(args: argparse.Namespace) -> int:
         except ConfigError as err:
             print(f"cps-dev: {err}", file=sys.stderr)
             return 2
+        _demo_master_data(os.environ["CPS_DATABASE_URL"])
         (state / "stack.json").write_bytes(orjson.dumps(
             {"kafka": stack.broker.bootstrap, "redis": stack.redis.url, "edge_port": edge_port}))
         edge = ManagedProcess(
             [sys.executable, "-m", "edge.cli", "serve", "--port", str(edge_port),
              "--workers", str(args.workers)],
             log_path=state / "logs" / "edge.log", env=dict(os.environ), name="edge")
-        with edge.start(ready=lambda: port_accepts("127.0.0.1", edge_port), timeout=30):
+        print("starting the edge and the attribution service ...", flush=True)
+        with edge.start(ready=lambda: port_accepts("127.0.0.1", edge_port), timeout=30), \
+                _start_attribution(state) as attribution:
             _wait_ready(edge_port, edge)
             link = mint_link(os.environ["CPS_LINK_BASE_URL"], ring=settings.link_keys,
-                             promoter_id="demo-promoter", channel_id="live-demo",
-                             target=DEMO_TARGET, ttl_seconds=7 * 86400, product_id="42",
-                             allow=settings.allowed_target_hosts)
-            print(f"""
-edge        http://127.0.0.1:{edge_port}  (log: {edge.log_path})
-kafka       {stack.broker.bootstrap}  (Tansu, memory storage)
-redis       {stack.redis.url}  (AOF in {state / 'redis'})
-metrics     http://127.0.0.1:{edge_port}/metrics
+                             promoter_id=DEMO_PROMOTER, channel_id=DEMO_CHANNEL,
+                             target=DEMO_TARGET, ttl_seconds=7 * 86400, shop_id=DEMO_SHOP,
+                             product_id="42", allow=settings.allowed_target_hosts)
+            _print_demo(state, edge, attribution, stack, edge_port, link)
+            running = (edge, attribution)
+            try:
+                while all(p.alive for p in running) and stack.alive:
+                    time.sleep(0.5)
+            except KeyboardInterrupt:
+                pass
+            for process in running:
+                if not process.alive:
+                    print(f"the {process.name} exited:\n{process.tail(30)}", file=sys.stderr)
+                    return 1
+            print("stopping the edge (flushing clicks) and the attribution service ...",
+                  flush=True)
+            edge.stop(timeout=30)
+            attribution.stop(timeout=30)
+        print("stopping broker and redis ...", flush=True)
+    return 0
 
-demo link (valid 7 days):
+
+def _print_demo(state: Path, edge: ManagedProcess, attribution: ManagedProcess,
+                stack: LocalStack, edge_port: int, link: str) -> None:
+    print(f"""
+edge         http://127.0.0.1:{edge_port}  (log: {edge.log_path})
+attribution  http://127.0.0.1:{os.environ['CPS_HTTP_PORT']}/metrics  (log: {attribution.log_path})
+ledger       {os.environ['CPS_DATABASE_URL']}
+kafka        {stack.broker.bootstrap}  (Tansu, memory storage)
+redis        {stack.redis.url}  (AOF in {state / 'redis'})
+metrics      http://127.0.0.1:{edge_port}/metrics
+
+demo link (valid 7 days; promoter {DEMO_PROMOTER}, shop {DEMO_SHOP}):
   {link}
 
-try it (a browser User-Agent: curl's own is answered as a bot, without cookie):
-  curl -i -A '{DEMO_USER_AGENT}' \\
-      '{link}'
-see the click land in Kafka:
+1. click it as a buyer would (a browser User-Agent: curl's own is answered as a bot):
+  curl -si -A '{DEMO_USER_AGENT}' \\
+      '{link}' | grep -i '^set-cookie'
+2. see the click land in Kafka:
   .venv/bin/cps-dev clicks
+3. order in the shop, carrying the cookie as the trade system would (the value after cps_attr=):
+  .venv/bin/cps-dev order --token 'dev1.…'
+4. see the decision, and why:
+  .venv/bin/cps-dev decisions
+  eval "$(.venv/bin/cps-dev env)"; .venv/bin/cps-attribution explain demo-order-1
 mint more links with the dev keys:
   eval "$(.venv/bin/cps-dev env)"; .venv/bin/cps-link mint --promoter p1 --channel c1 \\
       --target https://shop.example.com/item/7
 
 Ctrl-C stops everything (the edge flushes its clicks first).""", flush=True)
-            try:
-                while edge.alive and stack.alive:
-                    time.sleep(0.5)
-            except KeyboardInterrupt:
-                pass
-            if not edge.alive:
-                print(f"the edge exited:\n{edge.tail(30)}", file=sys.stderr)
-                return 1
-            print("stopping the edge (flushing clicks) ...", flush=True)
-            edge.stop(timeout=30)
-        print("stopping broker and redis ...", flush=True)
+
+
+def _stack_info() -> dict[str, Any] | None:
+    path = STATE_DIR.absolute() / "stack.json"
+    if not path.exists():
+        print("cps-dev: no dev stack here (run ./run.sh first)", file=sys.stderr)
+        return None
+    info: dict[str, Any] = orjson.loads(path.read_bytes())
+    return info
+
+
+def order(args: argparse.Namespace) -> int:
+    """One demo order message in the demo shop, as the trade system would send it."""
+    info = _stack_info()
+    if info is None:
+        return 2
+    now_ms = time.time_ns() // 1_000_000
+    body = {"version": 1, "order_id": args.id, "shop_id": DEMO_SHOP,
+            "buyer_key": args.buyer, "buyer_account": None, "created_at": now_ms,
+            "status": "paid", "event_ts": now_ms, "paid_at": now_ms, "received_at": None,
+            "final_at": None, "channel_id": None, "fanstype": None,
+            "attribution_token": args.token,
+            "items": [{"item_id": "1", "product_id": "42", "category_id": "demo",
+                       "quantity": 1, "paid_amount": args.amount}], "refunds": []}
+    try:
+        asyncio.run(_send(info["kafka"], ORDERS_TOPIC, args.id.encode(), orjson.dumps(body)))
+    except Exception as err:  # a CLI reports, it does not dump tracebacks
+        print(f"cps-dev: cannot send the order to {info['kafka']}: {err}", file=sys.stderr)
+        return 1
+    print(f"order {args.id} sent to {ORDERS_TOPIC}", flush=True)
     return 0
+
+
+async def _send(bootstrap: str, topic: str, key: bytes, value: bytes) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                enable_idempotence=False, request_timeout_ms=10_000)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()
 
 
 def env_cmd(_: argparse.Namespace) -> int:
@@ -166,23 +268,30 @@ def env_cmd(_: argparse.Namespace) -> int:
 
 
 def clicks(args: argparse.Namespace) -> int:
-    path = STATE_DIR.absolute() / "stack.json"
-    if not path.exists():
-        print("cps-dev: no dev stack here (run ./run.sh first)", file=sys.stderr)
+    return _print_topic(CLICKS_TOPIC, follow=args.follow)
+
+
+def decisions(args: argparse.Namespace) -> int:
+    return _print_topic(ATTRIBUTIONS_TOPIC, follow=args.follow)
+
+
+def _print_topic(topic: str, *, follow: bool) -> int:
+    info = _stack_info()
+    if info is None:
         return 2
-    bootstrap = orjson.loads(path.read_bytes())["kafka"]
+    bootstrap = info["kafka"]
     seen: set[tuple[int, int]] = set()
     while True:
         try:
-            records = asyncio.run(read_topic(bootstrap, CLICKS_TOPIC, timeout=10))
+            records = asyncio.run(read_topic(bootstrap, topic, timeout=10))
         except Exception as err:  # a CLI reports, it does not dump tracebacks
-            print(f"cps-dev: cannot read {CLICKS_TOPIC} from {bootstrap}: {err}", file=sys.stderr)
+            print(f"cps-dev: cannot read {topic} from {bootstrap}: {err}", file=sys.stderr)
             return 1
         fresh = [r for r in records if (r.partition, r.offset) not in seen]
         for r in sorted(fresh, key=lambda r: r.timestamp):
             seen.add((r.partition, r.offset))
             print((r.value or b"").decode(), flush=True)
-        if not args.follow:
+        if not follow:
             return 0
         time.sleep(1)
 
@@ -197,9 +306,17 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("env", help="print export lines for the dev keys and stack")
     c = sub.add_parser("clicks", help="print click events from the dev broker")
     c.add_argument("--follow", action="store_true")
+    o = sub.add_parser("order", help="send a demo order carrying a click's cookie")
+    o.add_argument("--token", help="the cps_attr cookie value (the attribution token)")
+    o.add_argument("--buyer", help="the buyer's visitor id, instead of or with the token")
+    o.add_argument("--id", default="demo-order-1", help="order id (default demo-order-1)")
+    o.add_argument("--amount", type=int, default=9900, help="paid amount, minor units")
+    d = sub.add_parser("decisions", help="print attribution decisions from the dev broker")
+    d.add_argument("--follow", action="store_true")
     args = p.parse_args(argv)
     try:
-        return {"up": up, "env": env_cmd, "clicks": clicks}[args.command](args)
+        return {"up": up, "env": env_cmd, "clicks": clicks, "order": order,
+                "decisions": decisions}[args.command](args)
     except ServiceStartError as err:
         print(f"cps-dev: {err}", file=sys.stderr)
         return 1
