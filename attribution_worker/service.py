@@ -34,9 +34,7 @@ from starlette.routing import Mount, Route
 import ledger_db
 from attribution_worker import metrics, outbox, pending
 from attribution_worker.attributor import Attributor
-from attribution_worker.click_store.base import ClickStore
-from attribution_worker.click_store.bigtable_store import BigtableClickStore
-from attribution_worker.click_store.redis_store import RedisClickStore
+from attribution_worker.click_store import ClickStore, open_click_store
 from attribution_worker.leader import PublisherLock
 from attribution_worker.order_sync import OrderSync
 from attribution_worker.persister import ClickPersister, PersisterConfig
@@ -60,12 +58,12 @@ def policy_of(settings: AttributionSettings) -> Policy:
 
 
 async def open_store(settings: AttributionSettings) -> ClickStore:
-    retention_ms = settings.window_ms + 86_400_000  # the window plus a day of margin
-    if settings.click_store == "bigtable":
-        return await BigtableClickStore.open(settings.bigtable_project, settings.bigtable_instance,
-                                             settings.bigtable_table, retention_ms=retention_ms,
-                                             create_table=True)
-    return RedisClickStore(settings.store_redis_url, retention_ms=retention_ms)
+    """The configured click store; it keeps clicks for the window plus a day of margin."""
+    return await open_click_store(
+        settings.click_store, redis_url=settings.store_redis_url,
+        bigtable_project=settings.bigtable_project, bigtable_instance=settings.bigtable_instance,
+        bigtable_table=settings.bigtable_table, retention_ms=settings.window_ms + 86_400_000,
+        create_table=True)
 
 
 class DatabaseDeadLetters:
