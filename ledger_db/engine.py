@@ -134,6 +134,10 @@ def _alembic_config(connection: Connection) -> Config:
     return config
 
 
+# pg_advisory_xact_lock key held while migrating ("CPSMIGRA").
+MIGRATION_LOCK_KEY = 0x4350534D49475241
+
+
 def migrate(url: str | URL | Engine | None = None, revision: str = "head") -> str | None:
     """``alembic upgrade <revision>`` on ``url`` (default ``CPS_DATABASE_URL``).
 
@@ -141,8 +145,15 @@ def migrate(url: str | URL | Engine | None = None, revision: str = "head") -> st
     """
     engine = url if isinstance(url, Engine) else connect(url)
     try:
-        with engine.begin() as conn:
-            alembic.command.upgrade(_alembic_config(conn), revision)
+        with engine.connect() as conn:
+            # Several processes starting at once on a fresh database: one migrates,
+            # the others wait for its commit and then find nothing to do.
+            conn.execution_options(ledger_begin="IMMEDIATE")
+            with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(key)s)",
+                                         {"key": MIGRATION_LOCK_KEY})
+                alembic.command.upgrade(_alembic_config(conn), revision)
         return current_revision(engine)
     finally:
         if engine is not url:

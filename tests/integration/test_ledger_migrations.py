@@ -59,3 +59,15 @@ def test_the_database_enforces_keys_and_checks(ledger_engine: Engine) -> None:  
     with ledger_engine.connect() as conn:
         assert conn.execute(sqlalchemy.select(order_items.c.paid_amount)).scalar() == big
         assert conn.execute(sqlalchemy.select(orders.c.created_at)).scalar() == 9_999_999_999_999
+
+
+def test_processes_migrating_at_once_all_succeed(ledger_engine: Engine) -> None:  # noqa: F811
+    """Services migrate at start; several starting together on an empty database."""
+    import concurrent.futures
+
+    downgrade(ledger_engine, "base")
+    url = ledger_engine.url.render_as_string(hide_password=False)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        revisions = list(pool.map(lambda _: ledger_db.migrate(url), range(4)))
+    assert revisions == [ledger_db.head_revision()] * 4
+    assert ledger_db.schema_diffs(ledger_engine) == []
