@@ -22,6 +22,8 @@ from typing import Any
 
 import orjson
 
+from contracts.values import show
+
 SCHEMA_VERSION = 1
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _CLICK_ID = re.compile(r"[0-9a-f]{28}")
@@ -78,19 +80,17 @@ class AttributionDecision:
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> AttributionDecision:
-        if obj.get("version") != SCHEMA_VERSION or type(obj.get("version")) is not int:
-            raise DecisionSchemaError(f"version: unsupported {obj.get('version')!r}")
+        version = obj.get("version")
+        if type(version) is not int or version != SCHEMA_VERSION:
+            raise DecisionSchemaError(f"version: unsupported {show(version)}")
         unknown = set(obj) - _FIELDS
         if unknown:
-            raise DecisionSchemaError(f"unknown fields {sorted(unknown)}")
-        try:
-            kind = AttributionType(str(obj.get("attribution_type")))
-            evidence = Evidence(str(obj.get("evidence")))
-        except ValueError as err:
-            raise DecisionSchemaError(f"attribution_type/evidence: {err}") from None
-        for name in ("order_id",):
-            if not isinstance(obj.get(name), str) or not _ID.fullmatch(obj[name]):
-                raise DecisionSchemaError(f"{name}: must be an id")
+            raise DecisionSchemaError(f"unknown fields {sorted(unknown)[:10]}")
+        kind = _enum(obj, "attribution_type", AttributionType)
+        evidence = _enum(obj, "evidence", Evidence)
+        order_id = obj.get("order_id")
+        if not isinstance(order_id, str) or not _ID.fullmatch(order_id):
+            raise DecisionSchemaError("order_id: must be an id")
         for name in ("promoter_id", "channel_id", "position_id"):
             value = obj.get(name)
             if value is not None and (not isinstance(value, str) or not _ID.fullmatch(value)):
@@ -102,15 +102,35 @@ class AttributionDecision:
         reason = obj.get("reason")
         if not isinstance(reason, str) or len(reason) > MAX_REASON_LEN:
             raise DecisionSchemaError(f"reason: a string of at most {MAX_REASON_LEN} characters")
-        for name in ("order_created_at", "decided_at", "attempts"):
-            if type(obj.get(name, 1)) is not int:
+        attempts = obj.get("attempts", 1)  # absent in the first writers' records
+        for name, value in (("order_created_at", obj.get("order_created_at")),
+                            ("decided_at", obj.get("decided_at")), ("attempts", attempts)):
+            if type(value) is not int:
                 raise DecisionSchemaError(f"{name}: must be an integer")
+        # The writer always writes every field, null when absent: a nullable field that
+        # is missing altogether is damage (the others fail their own checks above).
+        missing = _NULLABLE - set(obj)
+        if missing:
+            raise DecisionSchemaError(f"missing fields {sorted(missing)}")
         if kind is AttributionType.CPS and not (obj.get("promoter_id") and click_id):
             raise DecisionSchemaError("a cps decision names its promoter_id and click_id")
         if kind is AttributionType.SELF_OPERATED and not obj.get("channel_id"):
             raise DecisionSchemaError("a self_operated decision names its channel_id")
-        fields = {k: v for k, v in obj.items() if k not in ("attribution_type", "evidence")}
-        return cls(attribution_type=kind, evidence=evidence, **fields)
+        return cls(order_id=order_id, attribution_type=kind, promoter_id=obj.get("promoter_id"),
+                   channel_id=obj.get("channel_id"), click_id=click_id, evidence=evidence,
+                   reason=reason, order_created_at=obj["order_created_at"],
+                   decided_at=obj["decided_at"], position_id=obj.get("position_id"),
+                   attempts=attempts)
+
+
+def _enum(obj: Mapping[str, Any], name: str,
+          kind: type[AttributionType] | type[Evidence]) -> Any:
+    value = obj.get(name)
+    if isinstance(value, str) and value in kind._value2member_map_:
+        return kind(value)
+    allowed = ", ".join(member.value for member in kind)
+    raise DecisionSchemaError(f"{name}: {show(value)} is not one of {allowed}")
 
 
 _FIELDS = frozenset(AttributionDecision.__dataclass_fields__)
+_NULLABLE = frozenset({"promoter_id", "channel_id", "click_id"})

@@ -33,6 +33,8 @@ from typing import Any
 
 import orjson
 
+from contracts.values import show
+
 SCHEMA_VERSION = 1
 ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 # A visitor id, account id or token is opaque; only its size is bounded.
@@ -181,7 +183,7 @@ class OrderMessage:
     def from_dict(cls, obj: Mapping[str, Any]) -> OrderMessage:
         version = obj.get("version")
         if type(version) is not int or version != SCHEMA_VERSION:
-            raise OrderSchemaError("version", f"unsupported schema version {version!r}")
+            raise OrderSchemaError("version", f"unsupported schema version {show(version)}")
         _no_unknown(obj, _FIELDS, "(message)")
         status = _enum(obj, "status", OrderStatus)
         items = _list(obj, "items", MAX_ITEMS, required=True)
@@ -281,12 +283,11 @@ def _ts(obj: Mapping[str, Any], name: str, *, optional: bool = False) -> Any:
 
 def _enum(obj: Mapping[str, Any], name: str, kind: type[OrderStatus] | type[RefundStatus],
           field: str = "") -> Any:
-    try:
-        return kind(str(obj.get(name)))
-    except ValueError:
-        allowed = ", ".join(s.value for s in kind)
-        raise OrderSchemaError(field or name, f"{obj.get(name)!r} is not one of {allowed}") \
-            from None
+    value = obj.get(name)
+    if isinstance(value, str) and value in kind._value2member_map_:
+        return kind(value)
+    allowed = ", ".join(s.value for s in kind)
+    raise OrderSchemaError(field or name, f"{show(value)} is not one of {allowed}")
 
 
 def _list(obj: Mapping[str, Any], name: str, limit: int, *, required: bool = False) -> list[Any]:

@@ -155,8 +155,7 @@ def test_reason_up_to_its_limit_is_accepted(reason: str) -> None:
 
 @pytest.mark.parametrize("changes", [
     {"promoter_id": None}, {"click_id": None}, {"promoter_id": None, "click_id": None},
-    {"promoter_id": DROP}, {"click_id": DROP},
-], ids=["no_promoter", "no_click", "neither", "promoter_missing", "click_missing"])
+], ids=["no_promoter", "no_click", "neither"])
 @pytest.mark.parametrize("base", [CPS, CPS_TOKEN], ids=["click", "token"])
 def test_cps_needs_promoter_id_and_click_id(base: dict[str, Any], changes: dict[str, Any]
                                             ) -> None:
@@ -164,7 +163,7 @@ def test_cps_needs_promoter_id_and_click_id(base: dict[str, Any], changes: dict[
         "a cps decision names its promoter_id and click_id")
 
 
-@pytest.mark.parametrize("value", [None, DROP], ids=["null", "missing"])
+@pytest.mark.parametrize("value", [None], ids=["null"])
 def test_self_operated_needs_channel_id(value: Any) -> None:
     assert rejected(changed(SELF_OPERATED, channel_id=value)) == (
         "a self_operated decision names its channel_id")
@@ -216,7 +215,7 @@ def _cases() -> list[Any]:
     for name in ("attribution_type", "evidence"):
         for k, v in [("missing", DROP), ("null", None), ("upper", "CPS"), ("unknown", "affiliate"),
                      ("int", 1), ("bool", True), ("list", ["cps"]), ("empty", "")]:
-            add(f"{name}-{k}", CPS, {name: v}, "attribution_type/evidence: ")
+            add(f"{name}-{k}", CPS, {name: v}, f"{name}: ")
     add("unknown-field", CPS, {"extra": 1}, "unknown fields ['extra']")
     add("unknown-fields-sorted", NONE, {"zz": None, "aa": None}, "unknown fields ['aa', 'zz']")
     add("unknown-field-case", CPS, {"Order_id": "o-1"}, "unknown fields ['Order_id']")
@@ -246,14 +245,14 @@ def test_messages_quote_what_is_wrong() -> None:
     assert rejected(CPS | {"version": 2}) == "version: unsupported 2"
     assert rejected(CPS | {"version": "1"}) == "version: unsupported '1'"
     assert rejected(CPS | {"attribution_type": "affiliate"}) == (
-        "attribution_type/evidence: 'affiliate' is not a valid AttributionType")
+        "attribution_type: 'affiliate' is not one of cps, self_operated, none")
     assert rejected(CPS | {"evidence": "hunch"}) == (
-        "attribution_type/evidence: 'hunch' is not a valid Evidence")
+        "evidence: 'hunch' is not one of click, token, fanstype, none")
 
 
 def test_version_is_checked_before_anything_else() -> None:
     assert rejected({"version": 2, "extra": 1}) == "version: unsupported 2"
-    assert rejected({}) == "version: unsupported None"
+    assert rejected({}) == "version: unsupported null"
 
 
 @pytest.mark.parametrize("data", [
@@ -294,20 +293,12 @@ MISSING_REQUIRED = [
 ]
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "contracts/attribution.py:105-113: a missing order_created_at/decided_at passes "
-    "type(obj.get(name, 1)) is int, and missing promoter_id/channel_id/click_id are never "
-    "checked for presence, so cls(**fields) at :113 raises TypeError, not DecisionSchemaError"))
 @pytest.mark.parametrize(("base", "name"), MISSING_REQUIRED)
 def test_missing_required_field_is_a_schema_error(base: dict[str, Any], name: str) -> None:
     with pytest.raises(DecisionSchemaError, match=name):
         AttributionDecision.from_json(orjson.dumps(changed(base, **{name: DROP})))
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError, reason=(
-    "contracts/attribution.py:82 (version: repr() in the message) and :87-88 (str() of "
-    "attribution_type/evidence): a deeply nested array, valid JSON within orjson's 1024 depth "
-    "limit, raises RecursionError instead of DecisionSchemaError"))
 @pytest.mark.parametrize("key", ["version", "attribution_type", "evidence"])
 def test_deeply_nested_value_is_a_schema_error(key: str) -> None:
     data = orjson.dumps(CPS | {key: "@"}).replace(b'"@"', b"[" * 1020 + b"]" * 1020)
@@ -315,9 +306,6 @@ def test_deeply_nested_value_is_a_schema_error(key: str) -> None:
         AttributionDecision.from_json(data)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "contracts/attribution.py:82: repr() of a version int of more than 4300 digits (from_dict "
-    "only) raises a plain ValueError, not DecisionSchemaError"))
 def test_huge_int_version_is_a_schema_error() -> None:
     try:
         AttributionDecision.from_dict(CPS | {"version": 10**5000})
@@ -327,9 +315,8 @@ def test_huge_int_version_is_a_schema_error() -> None:
 
 
 def test_huge_int_type_is_a_schema_error() -> None:
-    # str() fails with ValueError inside the try at :87, which is caught: fine.
     assert rejected_dict(CPS | {"attribution_type": 10**5000}).startswith(
-        "attribution_type/evidence: ")
+        "attribution_type: an integer of about 5000 digits is not one of")
 
 
 # ---------------------------------------------------------------- property
@@ -402,9 +389,6 @@ def test_property_from_dict_returns_a_decision_or_raises_schema_error(obj: Any) 
     _check_only_schema_error_escapes(obj)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "contracts/attribution.py:113: deleting a required key (e.g. decided_at) lets TypeError "
-    "escape from cls(**fields); see test_missing_required_field_is_a_schema_error"))
 @settings(max_examples=300, deadline=None, database=None)
 @given(mutated_decisions(drop_unchecked=True))
 @example(changed(CPS, decided_at=DROP))
