@@ -115,15 +115,19 @@ class Attributor:
                         for click in _clicks_of(result)}
         promoters = await asyncio.to_thread(facts.load_promoters, self._engine, promoter_ids)
         judgements = []
+        failed: list[str] = []
         for claim, result in zip(claims, found, strict=True):
             order = orders.get(claim.order_id)
-            if isinstance(result, BaseException) or order is None or order.shop_id not in shops:
-                if isinstance(result, BaseException):
-                    log.warning("click lookups for order %s failed (%s): retried after its "
-                                "lease", claim.order_id, result)
+            if isinstance(result, BaseException):
+                failed.append(f"{claim.order_id} ({result})")
                 continue
+            if order is None or order.shop_id not in shops:
+                continue  # cannot happen short of a deleted row: looked at after its lease
             judgements.append(Judgement(claim, self._judge(claim, order, shops[order.shop_id],
                                                            result, promoters)))
+        if failed:
+            log.warning("click lookups failed for %d orders, looked at again after their "
+                        "lease: %s", len(failed), ", ".join(failed[:3]))
         await asyncio.to_thread(self._record, judgements, _now_ms())
         return len(judgements)
 
