@@ -225,6 +225,14 @@ class ClickStore(Protocol):
 # -- pure rules both backends share -------------------------------------------
 
 
+def check_lookup(buyer_key: str, shop_id: str | None) -> None:
+    """The arguments of a ``latest`` lookup, checked alike by every backend."""
+    if type(buyer_key) is not str or not buyer_key:
+        raise ValueError("buyer_key must be a non-empty string")
+    if shop_id is not None and (type(shop_id) is not str or not ID_PATTERN.fullmatch(shop_id)):
+        raise ValueError(f"shop_id must match {ID_PATTERN.pattern}, not {shop_id!r}")
+
+
 def window_bounds(at_ms: int, window_ms: int) -> tuple[int, int]:
     """``(lowest, highest)`` click ts to consider, clamped to what a key can hold.
 

@@ -73,6 +73,7 @@ from attribution_worker.click_store.base import (
     MAX_TS_MS,
     ClickStoreError,
     StoredClick,
+    check_lookup,
     check_retention,
     index_suffix,
     retained,
@@ -241,8 +242,8 @@ class BigtableClickStore:
 
     async def latest(self, buyer_key: str, shop_id: str, at_ms: int,
                      window_ms: int) -> StoredClick | None:
-        if type(shop_id) is not str or not ID_PATTERN.fullmatch(shop_id):
-            raise ValueError(f"shop_id must match {ID_PATTERN.pattern}, not {shop_id!r}")
+        if shop_id is None:
+            raise ValueError(f"shop_id must match {ID_PATTERN.pattern}, not None")
         return await self._latest(buyer_key, shop_id, at_ms, window_ms)
 
     async def latest_sitewide(self, buyer_key: str, at_ms: int,
@@ -251,8 +252,7 @@ class BigtableClickStore:
 
     async def _latest(self, buyer_key: str, shop_id: str | None, at_ms: int,
                       window_ms: int) -> StoredClick | None:
-        if type(buyer_key) is not str or not buyer_key:
-            raise ValueError("buyer_key must be a non-empty string")
+        check_lookup(buyer_key, shop_id)
         query = ReadRowsQuery(row_ranges=latest_range(buyer_key, shop_id, at_ms, window_ms),
                               limit=1, row_filter=self._fresh_cells())
         try:

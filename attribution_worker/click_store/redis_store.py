@@ -69,6 +69,7 @@ from attribution_worker.click_store.base import (
     DEFAULT_RETENTION_MS,
     ClickStoreError,
     StoredClick,
+    check_lookup,
     check_retention,
     index_suffix,
     retained,
@@ -186,8 +187,8 @@ class RedisClickStore:
 
     async def latest(self, buyer_key: str, shop_id: str, at_ms: int,
                      window_ms: int) -> StoredClick | None:
-        if type(shop_id) is not str or not ID_PATTERN.fullmatch(shop_id):
-            raise ValueError(f"shop_id must match {ID_PATTERN.pattern}, not {shop_id!r}")
+        if shop_id is None:
+            raise ValueError(f"shop_id must match {ID_PATTERN.pattern}, not None")
         return await self._latest(buyer_key, shop_id, at_ms, window_ms)
 
     async def latest_sitewide(self, buyer_key: str, at_ms: int,
@@ -196,8 +197,7 @@ class RedisClickStore:
 
     async def _latest(self, buyer_key: str, shop_id: str | None, at_ms: int,
                       window_ms: int) -> StoredClick | None:
-        if type(buyer_key) is not str or not buyer_key:
-            raise ValueError("buyer_key must be a non-empty string")
+        check_lookup(buyer_key, shop_id)
         low, high = window_bounds(at_ms, window_ms)
         ids: list[bytes] = await self._call(self.redis.zrange(
             self.index_key(buyer_key, shop_id), high, low, byscore=True, desc=True,
@@ -224,11 +224,7 @@ class RedisClickStore:
         window_ms)`` in two round trips (one pipeline of ZRANGEs, one of HGETs): a batch
         of 1,000 lookups costs ~10 µs each instead of ~100 µs of awaits."""
         for buyer_key, shop_id, _, _ in queries:
-            if type(buyer_key) is not str or not buyer_key:
-                raise ValueError("buyer_key must be a non-empty string")
-            if shop_id is not None and (type(shop_id) is not str
-                                        or not ID_PATTERN.fullmatch(shop_id)):
-                raise ValueError(f"shop_id must match {ID_PATTERN.pattern}, not {shop_id!r}")
+            check_lookup(buyer_key, shop_id)
         if not queries:
             return []
         pipe = self.redis.pipeline(transaction=False)

@@ -54,8 +54,10 @@ from tests.integration.test_dashboard_metrics import (
     QUANTILE,
     SELECTOR,
     Exported,
+    OpsFiles,
     Scenario,
     balanced,
+    exprs_of,
     grafana_substituted,
     has_data,
     label_problems,
@@ -125,44 +127,10 @@ def declared_families() -> dict[str, str]:
 
 # -- reading the ops files -------------------------------------------------------------
 
-def panels() -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for p in DASHBOARD["panels"]:
-        out.append(p)
-        out.extend(p.get("panels", []))
-    return out
-
-
-def query_panels() -> list[dict[str, Any]]:
-    return [p for p in panels() if p["type"] != "row"]
-
-
-def panel(title: str) -> dict[str, Any]:
-    (found,) = [p for p in query_panels() if p["title"] == title]
-    return found
-
-
-def exprs_of(p: dict[str, Any]) -> list[str]:
-    return [t["expr"] for t in p["targets"]]
-
-
-def dashboard_exprs() -> list[tuple[str, str]]:
-    out = [(f"panel {p['title']!r}", e) for p in query_panels() for e in exprs_of(p)]
-    out += [(f"variable ${v['name']}", v["definition"]) for v in DASHBOARD["templating"]["list"]
-            if v["type"] == "query"]
-    return out
-
-
-def alert_rules() -> list[dict[str, Any]]:
-    return [r for g in ALERTS["groups"] for r in g["rules"]]
-
-
-def alert_exprs() -> list[tuple[str, str]]:
-    return [(f"alert {r['alert']}", r["expr"]) for r in alert_rules()]
-
-
-def all_exprs() -> list[tuple[str, str]]:
-    return dashboard_exprs() + alert_exprs()
+_OPS = OpsFiles(DASHBOARD, ALERTS)
+panels, query_panels, panel = _OPS.panels, _OPS.query_panels, _OPS.panel
+dashboard_exprs, alert_rules, alert_exprs = _OPS.dashboard_exprs, _OPS.alert_rules, _OPS.alert_exprs
+all_exprs = _OPS.all_exprs
 
 
 def groupings(expr: str) -> list[tuple[frozenset[str], set[str]]]:

@@ -86,46 +86,54 @@ GROUPING = re.compile(r"\bby\s*\(([^)]*)\)\s*\(")
 
 # -- reading the ops files -------------------------------------------------------------
 
-def panels() -> list[dict[str, Any]]:
-    """Every panel, rows included, with the panels of collapsed rows flattened in."""
-    out: list[dict[str, Any]] = []
-    for p in DASHBOARD["panels"]:
-        out.append(p)
-        out.extend(p.get("panels", []))
-    return out
+class OpsFiles:
+    """Reading one dashboard and its alert rules (the edge's here; the attribution
+    service's in test_attribution_dashboard.py): panels, PromQL, rules."""
 
+    def __init__(self, dashboard: dict[str, Any], alerts: dict[str, Any]) -> None:
+        self.dashboard = dashboard
+        self.alerts = alerts
 
-def query_panels() -> list[dict[str, Any]]:
-    return [p for p in panels() if p["type"] != "row"]
+    def panels(self) -> list[dict[str, Any]]:
+        """Every panel, rows included, with the panels of collapsed rows flattened in."""
+        out: list[dict[str, Any]] = []
+        for p in self.dashboard["panels"]:
+            out.append(p)
+            out.extend(p.get("panels", []))
+        return out
 
+    def query_panels(self) -> list[dict[str, Any]]:
+        return [p for p in self.panels() if p["type"] != "row"]
 
-def panel(title: str) -> dict[str, Any]:
-    (found,) = [p for p in query_panels() if p["title"] == title]
-    return found
+    def panel(self, title: str) -> dict[str, Any]:
+        (found,) = [p for p in self.query_panels() if p["title"] == title]
+        return found
+
+    def dashboard_exprs(self) -> list[tuple[str, str]]:
+        """(where, PromQL) of every panel target and every query variable."""
+        out = [(f"panel {p['title']!r}", e) for p in self.query_panels() for e in exprs_of(p)]
+        out += [(f"variable ${v['name']}", v["definition"])
+                for v in self.dashboard["templating"]["list"] if v["type"] == "query"]
+        return out
+
+    def alert_rules(self) -> list[dict[str, Any]]:
+        return [r for g in self.alerts["groups"] for r in g["rules"]]
+
+    def alert_exprs(self) -> list[tuple[str, str]]:
+        return [(f"alert {r['alert']}", r["expr"]) for r in self.alert_rules()]
+
+    def all_exprs(self) -> list[tuple[str, str]]:
+        return self.dashboard_exprs() + self.alert_exprs()
 
 
 def exprs_of(p: dict[str, Any]) -> list[str]:
     return [t["expr"] for t in p["targets"]]
 
 
-def dashboard_exprs() -> list[tuple[str, str]]:
-    """(where, PromQL) of every panel target and every query variable."""
-    out = [(f"panel {p['title']!r}", e) for p in query_panels() for e in exprs_of(p)]
-    out += [(f"variable ${v['name']}", v["definition"]) for v in DASHBOARD["templating"]["list"]
-            if v["type"] == "query"]
-    return out
-
-
-def alert_rules() -> list[dict[str, Any]]:
-    return [r for g in ALERTS["groups"] for r in g["rules"]]
-
-
-def alert_exprs() -> list[tuple[str, str]]:
-    return [(f"alert {r['alert']}", r["expr"]) for r in alert_rules()]
-
-
-def all_exprs() -> list[tuple[str, str]]:
-    return dashboard_exprs() + alert_exprs()
+_OPS = OpsFiles(DASHBOARD, ALERTS)
+panels, query_panels, panel = _OPS.panels, _OPS.query_panels, _OPS.panel
+dashboard_exprs, alert_rules, alert_exprs = _OPS.dashboard_exprs, _OPS.alert_rules, _OPS.alert_exprs
+all_exprs = _OPS.all_exprs
 
 
 def grafana_substituted(expr: str, job: str, instance: str) -> str:
