@@ -67,15 +67,10 @@ class Producer(Protocol):
         """Outbox ids found in the last ``tail`` records of every partition of ``topics``."""
 
 
-def enqueue(connection: sqlalchemy.Connection, topic: str, key: bytes | None,
-            payload: bytes) -> None:
-    """Add a message to the outbox inside the caller's transaction."""
-    enqueue_many(connection, [(topic, key, payload)])
-
-
 def enqueue_many(connection: sqlalchemy.Connection,
                  messages: Sequence[tuple[str, bytes | None, bytes]]) -> None:
-    """Add messages (topic, key, payload) in one executemany, in this order (ids ascend)."""
+    """Add messages (topic, key, payload) inside the caller's transaction, in this order
+    (ids ascend): one JSON parameter on PostgreSQL, one executemany on SQLite."""
     if not messages:
         return
     now = _now_ms()

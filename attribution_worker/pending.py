@@ -6,12 +6,12 @@ transaction that stores its decision and queues the decision's outbox message:
 
     enqueue        (order sync)  attribution_pending += order, due now
     claim_due      (attributor)  due rows, leased: next_attempt_at += lease
-    reschedule     (attributor)  no evidence yet: attempts += 1, due at first_seen + delay
-    decide         (attributor)  attribution_decisions += decision (once: the primary
+    reschedule_many (attributor) no evidence yet: attempts += 1, due at first_seen + delay
+    decide_many    (attributor)  attribution_decisions += decision (once: the primary
                                  key is order_id), outbox += its message, pending -= order
 
 A worker that dies holding a lease loses nothing: its rows fall due again when
-the lease (default 60 s) runs out, and another worker decides them; ``decide``
+the lease (default 60 s) runs out, and another worker decides them; ``decide_many``
 inserts with ``ON CONFLICT DO NOTHING`` and writes the outbox row only when its
 insert won, so a decision is stored and published once whoever races.  Claims
 use ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (two workers never claim the same
@@ -153,10 +153,6 @@ def is_final(claim: Claim, schedule_s: Sequence[int]) -> bool:
     return claim.attempts >= len(schedule_s)
 
 
-def reschedule(connection: Connection, claim: Claim, at_ms: int) -> None:
-    reschedule_many(connection, [(claim, at_ms)])
-
-
 def reschedule_many(connection: Connection, later: Sequence[tuple[Claim, int]]) -> None:
     """Each claimed order's next look (attempts + 1), in one executemany."""
     if not later:
@@ -172,11 +168,6 @@ def reschedule_many(connection: Connection, later: Sequence[tuple[Claim, int]]) 
                          next_attempt_at=sqlalchemy.bindparam("b_next")))
     connection.execute(statement, [{"b_order_id": claim.order_id, "b_attempts": claim.attempts + 1,
                                     "b_next": at_ms} for claim, at_ms in later])
-
-
-def decide(connection: Connection, decision: AttributionDecision) -> bool:
-    """Store ``decision`` and queue its message; False if the order was decided already."""
-    return bool(decide_many(connection, [decision]))
 
 
 def decide_many(connection: Connection, decisions: Sequence[AttributionDecision]) -> set[str]:

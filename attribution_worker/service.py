@@ -20,7 +20,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy
@@ -34,6 +34,7 @@ from starlette.routing import Mount, Route
 import ledger_db
 from attribution_worker import metrics, outbox, pending
 from attribution_worker.attributor import Attributor
+from attribution_worker.click_api import create_app
 from attribution_worker.click_store import ClickStore, open_click_store
 from attribution_worker.leader import PublisherLock
 from attribution_worker.order_sync import OrderSync
@@ -238,25 +239,9 @@ def http_app(service: Service) -> Starlette:
 
 
 def click_routes(service: Service) -> list[Route | Mount]:
-    """The read-only click query API, when the click API module is present."""
-    from attribution_worker.click_api import create_app
-
-    def store() -> ClickStore:
-        assert service.store is not None
-        return service.store
-
-    return [Mount("/", app=_lazy(lambda: create_app(store())))]
-
-
-def _lazy(build: Callable[[], Any]) -> Callable[..., Awaitable[None]]:
-    app: Any = None
-
-    async def asgi(scope: Any, receive: Any, send: Any) -> None:
-        nonlocal app
-        if app is None:
-            app = build()
-        await app(scope, receive, send)
-    return asgi
+    """The read-only click query API on the service's store (opened before the server)."""
+    assert service.store is not None
+    return [Mount("/", app=create_app(service.store))]
 
 
 def _ping(engine: sqlalchemy.Engine) -> None:
