@@ -39,6 +39,33 @@ Orders (written by ``attribution_worker.order_store`` from ``cps.orders.v1``):
                   partition, offset, key), the raw bytes, the reason and the field;
                   ``replayed_at`` / ``replay_result`` / ``replay_reason`` once replayed
 
+Billing master data (written by ``cps-billing rates|channel-rates|fees|activities|schedule``;
+rows are versions: an edit ends one at a time and starts a new one, ``supersedes`` naming
+the version it replaced, so a rate valid at a past instant never changes):
+
+``rate_rules``              one promotion rate of SPEC §8 at one level with its validity
+                            ``[valid_from, valid_to)``; the level says which of product_id,
+                            promoter_id, base_id, activity_id, category_id it matches on
+``group_leader_activities`` activity_id -> shop, leader (a promoter), name
+``group_leader_members``    (activity_id, promoter_id): promoters who joined it
+``channel_rates``           the self-operated rate of a channel, per category or channel-wide
+``fee_settings``            platform share, channel fee and fans share, with validity
+``settlement_schedules``    (channel_id | '*', participant_kind | '*') -> T+N days or monthly
+
+Billing (written by ``cps-billing run``; see ``billing_batch``):
+
+``commission_lines``  (order_id, item_id): the terms frozen at payment (rate, its level
+                      and rule, fees) and the line's current commission, computed on
+                      ``accrued_paid_amount`` (paid - refunded when last accrued)
+``billing_charges``   one charge of the merchant per order (pending -> charged | failed)
+``ledger_accounts``   every account the ledger has moved money through
+``ledger_transfers``  immutable two-phase transfers (TigerBeetle's model): ``posted``
+                      single-phase, ``pending`` reservations resolved at most once (the
+                      unique ``pending_id``) by a ``post`` or a ``void``; deterministic
+                      UUIDs from (order, item, account, code, sequence)
+``billing_runs``      one row per run: as-of, status, the resume cursor and the summary
+``payouts``           what a run pays each participant (the payment provider's file)
+
 Attribution (written by the attribution service):
 
 ``attribution_decisions`` one final decision per order (``contracts.attribution``)
@@ -72,6 +99,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    Uuid,
     false,
 )
 
@@ -97,6 +125,19 @@ REFUND_STATUSES = ("pending", "completed", "rejected")
 SELF_PURCHASE_POLICIES = ("allow", "deny")
 ATTRIBUTION_TYPES = ("cps", "self_operated", "none")
 EVIDENCE_KINDS = ("click", "token", "fanstype", "none")
+RATE_LEVELS = ("targeted_product", "targeted_base", "group_leader", "generic_product",
+               "shop_category", "shop_generic")
+FEE_KINDS = ("platform_share", "channel_fee", "fans_share")
+COMMISSION_MODES = ("cps", "self_operated", "none")
+LINE_STATUSES = ("accrued", "no_commission")
+CHARGE_STATUSES = ("pending", "charged", "failed")
+SCHEDULE_MODES = ("delay", "monthly")
+ACCOUNT_KINDS = ("merchant", "frozen", "promoter", "channel", "platform", "group_leader", "fans",
+                 "payout")
+TRANSFER_FLAGS = ("posted", "pending", "post", "void")
+TRANSFER_CODES = ("freeze", "commission", "settle", "void", "unfreeze", "clawback", "payout")
+RUN_STATUSES = ("running", "finished", "failed")
+ACCOUNT_LEN = 80
 
 
 def _one_of(column: str, values: tuple[str, ...]) -> str:
@@ -279,4 +320,192 @@ outbox = Table(
     _ms("published_at", nullable=True),
     # "Unpublished, in order": WHERE published_at IS NULL ORDER BY id.
     Index(None, "published_at", "id"),
+)
+
+# -- billing master data -------------------------------------------------------------------
+
+
+def _validity() -> tuple[Column[int], Column[int], Column[int], Column[str]]:
+    return (_ms("valid_from"), _ms("valid_to", nullable=True), _ms("created_at"),
+            _id("supersedes", nullable=True))
+
+
+def _bp(name: str, *, nullable: bool = False) -> Column[int]:
+    return Column(name, Integer, nullable=nullable)
+
+
+rate_rules = Table(
+    "rate_rules", metadata,
+    _id("rule_id", primary_key=True),
+    Column("level", String(24), nullable=False),
+    _id("shop_id", nullable=False, index=True),
+    _id("product_id", nullable=True),
+    _id("promoter_id", nullable=True),
+    _id("base_id", nullable=True),
+    _id("activity_id", nullable=True),
+    _id("category_id", nullable=True),
+    _bp("rate_bp"),
+    _bp("leader_rate_bp", nullable=True),
+    *_validity(),
+    CheckConstraint(_one_of("level", RATE_LEVELS), name="level"),
+    CheckConstraint("rate_bp BETWEEN 0 AND 10000", name="rate_bp"),
+    CheckConstraint("leader_rate_bp IS NULL OR leader_rate_bp BETWEEN 0 AND 10000",
+                    name="leader_rate_bp"),
+    CheckConstraint("valid_to IS NULL OR valid_to >= valid_from", name="validity"),
+)
+
+group_leader_activities = Table(
+    "group_leader_activities", metadata,
+    _id("activity_id", primary_key=True),
+    _id("shop_id", ForeignKey("shops.shop_id"), nullable=False, index=True),
+    _id("leader_id", ForeignKey("promoters.promoter_id"), nullable=False),
+    Column("name", String(NAME_LEN), nullable=False, server_default=""),
+    _ms("created_at"),
+)
+
+group_leader_members = Table(
+    "group_leader_members", metadata,
+    _id("activity_id", ForeignKey("group_leader_activities.activity_id"), primary_key=True),
+    _id("promoter_id", ForeignKey("promoters.promoter_id"), primary_key=True, index=True),
+    _ms("joined_at"),
+)
+
+channel_rates = Table(
+    "channel_rates", metadata,
+    _id("rule_id", primary_key=True),
+    _id("channel_id", nullable=False, index=True),
+    _id("category_id", nullable=True),
+    _bp("rate_bp"),
+    *_validity(),
+    CheckConstraint("rate_bp BETWEEN 0 AND 10000", name="rate_bp"),
+    CheckConstraint("valid_to IS NULL OR valid_to >= valid_from", name="validity"),
+)
+
+fee_settings = Table(
+    "fee_settings", metadata,
+    _id("rule_id", primary_key=True),
+    Column("kind", String(16), nullable=False),
+    _id("channel_id", nullable=True),
+    _bp("bp"),
+    *_validity(),
+    CheckConstraint(_one_of("kind", FEE_KINDS), name="kind"),
+    CheckConstraint("bp BETWEEN 0 AND 10000", name="bp"),
+    CheckConstraint("valid_to IS NULL OR valid_to >= valid_from", name="validity"),
+)
+
+settlement_schedules = Table(
+    "settlement_schedules", metadata,
+    _id("channel_id", primary_key=True),  # '*' = every channel
+    Column("participant_kind", String(16), primary_key=True),  # '*' = every participant
+    Column("mode", String(8), nullable=False),
+    Column("delay_days", Integer, nullable=False, server_default="15"),
+    _ms("updated_at"),
+    CheckConstraint(_one_of("mode", SCHEDULE_MODES), name="mode"),
+    CheckConstraint("delay_days >= 0", name="delay_days"),
+)
+
+# -- billing -------------------------------------------------------------------------------
+
+commission_lines = Table(
+    "commission_lines", metadata,
+    _id("order_id", primary_key=True),
+    _id("item_id", primary_key=True),
+    _id("shop_id", nullable=False),
+    Column("mode", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("reason", String(NAME_LEN), nullable=False, server_default=""),
+    _id("promoter_id", nullable=True, index=True),
+    _id("channel_id", nullable=True),
+    _id("rule_id", nullable=True),
+    Column("rate_level", String(24), nullable=True),
+    _bp("rate_bp", nullable=True),
+    _id("activity_id", nullable=True),
+    _id("leader_id", nullable=True),
+    _bp("leader_rate_bp", nullable=True),
+    _bp("platform_share_bp", nullable=True),
+    _bp("channel_fee_bp", nullable=True),
+    _bp("fans_share_bp", nullable=True),
+    Column("fee_rule_ids", String(NAME_LEN), nullable=True),
+    Column("paid_amount", BigInteger, nullable=False),
+    Column("accrued_paid_amount", BigInteger, nullable=False),
+    Column("commission_amount", BigInteger, nullable=False),
+    Column("version", Integer, nullable=False),
+    _ms("paid_at"),
+    _ms("accrued_at"),
+    _ms("updated_at"),
+    Column("run_id", String(ID_LEN), nullable=False),
+    CheckConstraint(_one_of("mode", COMMISSION_MODES), name="mode"),
+    CheckConstraint(_one_of("status", LINE_STATUSES), name="status"),
+    CheckConstraint("accrued_paid_amount BETWEEN 0 AND paid_amount", name="accrued_paid"),
+    CheckConstraint("commission_amount >= 0", name="commission"),
+)
+
+billing_charges = Table(
+    "billing_charges", metadata,
+    _id("order_id", primary_key=True),
+    Column("charge_id", String(ID_LEN + 16), nullable=False, unique=True),
+    _id("shop_id", nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("status", String(8), nullable=False, index=True),
+    Column("attempts", Integer, nullable=False, server_default="1"),
+    Column("reason", Text, nullable=True),
+    _ms("requested_at"),
+    _ms("updated_at"),
+    CheckConstraint(_one_of("status", CHARGE_STATUSES), name="status"),
+    CheckConstraint("amount >= 0", name="amount"),
+)
+
+ledger_accounts = Table(
+    "ledger_accounts", metadata,
+    Column("account_id", String(ACCOUNT_LEN), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    _id("owner_id", nullable=True),
+    _ms("created_at"),
+    CheckConstraint(_one_of("kind", ACCOUNT_KINDS), name="kind"),
+)
+
+ledger_transfers = Table(
+    "ledger_transfers", metadata,
+    Column("transfer_id", Uuid, primary_key=True),
+    Column("debit_account_id", String(ACCOUNT_LEN), nullable=False),
+    Column("credit_account_id", String(ACCOUNT_LEN), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    # Resolving a pending transfer twice is impossible, not merely checked.
+    Column("pending_id", Uuid, nullable=True, unique=True),
+    Column("flags", String(8), nullable=False),
+    Column("code", String(16), nullable=False),
+    _id("order_id", nullable=True, index=True),
+    _id("item_id", nullable=True),
+    Column("seq", Integer, nullable=False),
+    Column("run_id", String(ID_LEN), nullable=False),
+    _ms("as_of"),
+    CheckConstraint("amount > 0", name="amount"),
+    CheckConstraint("debit_account_id <> credit_account_id", name="accounts_differ"),
+    CheckConstraint(_one_of("flags", TRANSFER_FLAGS), name="flags"),
+    CheckConstraint(_one_of("code", TRANSFER_CODES), name="code"),
+    CheckConstraint("(flags IN ('post', 'void')) = (pending_id IS NOT NULL)", name="pending_id"),
+)
+
+billing_runs = Table(
+    "billing_runs", metadata,
+    Column("run_id", String(ID_LEN), primary_key=True),
+    _ms("as_of", index=True),
+    Column("status", String(8), nullable=False),
+    Column("phase", String(16), nullable=False, server_default="accrue"),
+    _id("cursor_order_id", nullable=True),
+    Column("summary", Text, nullable=True),  # JSON, see billing_batch.run.RunSummary
+    _ms("started_at"),
+    _ms("finished_at", nullable=True),
+    CheckConstraint(_one_of("status", RUN_STATUSES), name="status"),
+)
+
+payouts = Table(
+    "payouts", metadata,
+    Column("payout_id", String(ID_LEN + ACCOUNT_LEN + 1), primary_key=True),
+    Column("run_id", String(ID_LEN), nullable=False, index=True),
+    Column("account_id", String(ACCOUNT_LEN), nullable=False, index=True),
+    Column("amount", BigInteger, nullable=False),
+    Column("transfer_id", Uuid, nullable=False, unique=True),
+    _ms("as_of"),
+    CheckConstraint("amount > 0", name="amount"),
 )
