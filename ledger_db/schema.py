@@ -135,7 +135,8 @@ SCHEDULE_MODES = ("delay", "monthly")
 ACCOUNT_KINDS = ("merchant", "frozen", "promoter", "channel", "platform", "group_leader", "fans",
                  "payout")
 TRANSFER_FLAGS = ("posted", "pending", "post", "void")
-TRANSFER_CODES = ("freeze", "commission", "settle", "void", "unfreeze", "clawback", "payout")
+TRANSFER_CODES = ("freeze", "commission", "settle", "void", "unfreeze", "clawback", "adjust",
+                  "payout")
 RUN_STATUSES = ("running", "finished", "failed")
 ACCOUNT_LEN = 80
 

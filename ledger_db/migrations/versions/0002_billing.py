@@ -174,7 +174,8 @@ def upgrade() -> None:
             name=op.f("ck_ledger_transfers_pending_id"),
         ),
         sa.CheckConstraint(
-            "code IN ('freeze', 'commission', 'settle', 'void', 'unfreeze', 'clawback', 'payout')",
+            "code IN ('freeze', 'commission', 'settle', 'void', 'unfreeze', 'clawback', 'adjust', "
+            "'payout')",
             name=op.f("ck_ledger_transfers_code"),
         ),
         sa.CheckConstraint(
