@@ -15,6 +15,9 @@ except ImportError:  # pragma: no cover - the wheel is a declared dependency
 CLICKS_TOPIC = "cps.clicks.v1"
 ORDERS_TOPIC = "cps.orders.v1"  # contracts.orders, keyed by order_id
 ATTRIBUTIONS_TOPIC = "cps.attributions.v1"  # contracts.attribution, keyed by order_id
+# contracts.charges: billing asks the funds system to take a commission, and hears back.
+CHARGE_REQUESTS_TOPIC = "cps.charge-requests.v1"  # ChargeRequest, keyed by order_id
+CHARGE_RESULTS_TOPIC = "cps.charge-results.v1"  # ChargeResult, keyed by order_id
 # Messages a consumer could not use (bad schema, unknown master data, a broken
 # status machine), with the reason in headers and the raw bytes as the value.
 DEAD_LETTER_TOPIC = "cps.deadletter.v1"
