@@ -88,14 +88,6 @@ REQUEST_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize(("data", "field"), REQUEST_ERRORS)
-def test_a_bad_request_names_its_field(data: bytes, field: str) -> None:
-    with pytest.raises(ChargeSchemaError) as caught:
-        ChargeRequest.from_json(data)
-    assert caught.value.field == field
-    assert str(caught.value).startswith(f"{field}: ")
-
-
 RESULT_ERRORS = [
     (raw(RESULT, status="pending"), "status"),
     (raw(RESULT, status=None), "status"),
@@ -108,11 +100,15 @@ RESULT_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize(("data", "field"), RESULT_ERRORS)
-def test_a_bad_result_names_its_field(data: bytes, field: str) -> None:
+@pytest.mark.parametrize(("kind", "data", "field"),
+                         [(ChargeRequest, d, f) for d, f in REQUEST_ERRORS]
+                         + [(ChargeResult, d, f) for d, f in RESULT_ERRORS])
+def test_a_bad_message_names_its_field(kind: type[ChargeRequest] | type[ChargeResult],
+                                       data: bytes, field: str) -> None:
     with pytest.raises(ChargeSchemaError) as caught:
-        ChargeResult.from_json(data)
+        kind.from_json(data)
     assert caught.value.field == field
+    assert str(caught.value).startswith(f"{field}: ")
 
 
 def test_huge_and_nested_values_are_shown_safely() -> None:
