@@ -18,8 +18,10 @@ from ``settlement_schedules`` once per run.
 
 Equivalently ``due_at_ms(rule, received_at_ms, final_at_ms)`` is the first instant the
 allocation is due (``None``: not yet known) and ``is_due`` is ``due_at <= as_of``; the
-batch may use ``due_at_ms`` to pre-filter in SQL.  A pending refund holding the order
-and the charge having to be ``charged`` are the batch's business, not this module's.
+batch may use ``due_at_ms`` to pre-filter in SQL.  ``SettlementSchedule.due(channel,
+kind, order, as_of_ms)`` is ``is_due`` under ``rule_for`` (the batch's ``Schedule``).
+A pending refund holding the order and the charge having to be ``charged`` are the
+batch's business, not this module's.
 
 **Which rule** (``SettlementSchedule.rule_for``): the most specific one wins, ``ANY``
 ("*") matching every channel or participant kind:
@@ -38,6 +40,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
+from typing import Protocol
 
 from billing_batch.money import check_id, check_int
 from billing_batch.pools import ParticipantKind
@@ -47,6 +50,16 @@ DAY_MS = 86_400_000
 DEFAULT_DELAY_DAYS = 15  # SPEC 11: T+15 after received
 MAX_DELAY_DAYS = 3650  # ten years: anything longer is a typo
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+class Reached(Protocol):
+    """What the schedule reads of an order (``billing_batch.plan.OrderFacts`` has both)."""
+
+    @property
+    def received_at(self) -> int | None: ...
+
+    @property
+    def final_at(self) -> int | None: ...
 
 
 class ScheduleMode(StrEnum):
@@ -119,6 +132,11 @@ class SettlementSchedule:
             if found is not None:
                 return found
         return rules.get((ANY, participant_kind)) or rules.get((ANY, ANY)) or self.default
+
+    def due(self, channel_id: str | None, kind: str, order: Reached, as_of_ms: int) -> bool:
+        """Whether ``kind``'s share of ``order`` through ``channel_id`` settles at ``as_of``."""
+        return is_due(self.rule_for(channel_id, kind), order.received_at, order.final_at,
+                      as_of_ms)
 
 
 def first_of_month_ms(at_ms: int) -> int:

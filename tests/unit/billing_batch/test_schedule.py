@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
@@ -178,3 +179,18 @@ def test_mode_text_becomes_the_enum_and_describes_itself() -> None:
     assert rule.describe() == "monthly (1st)"
     assert T7.describe() == "T+7 days"
     assert ScheduleRule(ANY, ANY, ScheduleMode.DELAY, 1).describe() == "T+1 day"
+
+
+def test_due_reads_the_order() -> None:
+    @dataclass(frozen=True)
+    class Order:
+        received_at: int | None
+        final_at: int | None
+
+    schedule = SettlementSchedule([T7, MONTHLY])
+    order = Order(RECEIVED, ms("2024-06-20T00:00:00"))
+    assert not schedule.due(LIVE, "promoter", order, RECEIVED + 7 * DAY_MS - 1)
+    assert schedule.due(LIVE, "promoter", order, RECEIVED + 7 * DAY_MS)
+    assert not schedule.due(LIVE, "channel", order, RECEIVED + 7 * DAY_MS)
+    assert not schedule.due(OTHER, "promoter", order, ms("2024-06-30T23:59:59.999"))
+    assert schedule.due(OTHER, "promoter", order, ms("2024-07-01T00:00:00"))
