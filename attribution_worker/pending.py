@@ -33,10 +33,9 @@ import sqlalchemy
 from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects import postgresql, sqlite
 
-from attribution_worker import outbox
 from contracts.attribution import AttributionDecision
 from contracts.topics import ATTRIBUTIONS_TOPIC
-from ledger_db import schema
+from ledger_db import outbox, schema
 
 DEFAULT_LEASE_MS = 60_000
 

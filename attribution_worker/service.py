@@ -32,18 +32,18 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
 import ledger_db
-from attribution_worker import metrics, outbox, pending
+from attribution_worker import metrics, pending
 from attribution_worker.attributor import Attributor
 from attribution_worker.click_api import create_app
 from attribution_worker.click_store import ClickStore, open_click_store
-from attribution_worker.leader import PublisherLock
 from attribution_worker.order_sync import OrderSync
 from attribution_worker.persister import ClickPersister, PersisterConfig
 from attribution_worker.rules import Policy
 from attribution_worker.settings import AttributionSettings
 from contracts.cookie import CookieSealer
 from contracts.topics import ATTRIBUTIONS_TOPIC
-from ledger_db import schema
+from ledger_db import outbox, schema
+from ledger_db.outbox import PublisherLock
 
 log = logging.getLogger("cps.attribution")
 

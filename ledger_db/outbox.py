@@ -1,45 +1,58 @@
-"""The transactional outbox: decisions reach Kafka after their database commit, once.
+"""The transactional outbox of every service: Kafka records after their database commit, once.
 
-A decision is written to ``attribution_decisions`` and, in the same transaction,
-its message to ``outbox``.  This publisher reads unpublished rows in id order
-(at most ``batch_max``), produces them with ``acks=all`` (each record carries its
-row id in the header ``cps-outbox-id``), waits for every acknowledgement, and
-only then marks the rows published.  A crash after the commit and before the
-produce loses nothing (the rows are still unpublished); a crash after the
-produce and before the mark would publish the batch again, so at start-up the
-publisher reads the tail of every partition of the topics it publishes to
-(the last ``batch_max`` records: one unmarked batch at most) and marks the
-rows whose ids it finds there as published.  The result is each decision on
-the topic once, even across a crash between the two writes; should the tail
-be unreadable (the broker's offsets misreport), a batch may appear twice,
-identical and keyed by ``order_id``, which consumers deduplicate.
+A service writes its rows (an attribution decision, a charge request, ...) and, in
+the same transaction, the records to publish to ``outbox`` (``enqueue_many``: topic,
+key, payload).  One publisher per database (``PublisherLock``) publishes every
+unpublished row whatever its topic: it reads them in id order (at most
+``batch_max``, 1000 by default), produces them with ``acks=all`` (each record carries
+its row id in the header ``cps-outbox-id``), waits for every acknowledgement, and only
+then marks the rows published.  A crash after the commit and before the produce loses
+nothing (the rows are still unpublished); a crash after the produce and before the
+mark would publish the batch again, so at start-up the publisher reads the tail of
+every partition of the topics of the next ``batch_max`` unpublished rows (plus the
+topics it was given), the last ``batch_max`` records of each: one unmarked batch at
+most, and marks the rows whose ids it finds there as published.  The result is each
+record on its topic once, even across a crash between the two writes; should the tail
+be unreadable (the broker's offsets misreport), a batch may appear twice, identical and
+keyed, which consumers deduplicate.
 
-Several processes may run publishers on one database; one at a time publishes
-(``ledger_db`` publisher lock: a PostgreSQL advisory lock, or a file lock next
-to the SQLite file) so the topic receives rows in id order and never twice;
-the others stand by and take over within ``idle_s`` when it dies.
+Several processes (attribution services, charge services) may run publishers on one
+database; one at a time publishes, whichever holds the lock, so every topic receives
+rows in id order and never twice; the others stand by (``serve_publisher``) and take
+over within a second when it dies.  The lock: PostgreSQL, a session-level advisory lock
+on a connection kept open for as long as the process publishes, released by the server
+the moment that connection (or the process) dies; SQLite, an ``flock`` on
+``<database file>.outbox.lock``, released by the kernel when the process dies.  Either
+way a crashed publisher's successor takes over with no lease to wait out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
 import sqlalchemy
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from ledger_db import schema
 
-log = logging.getLogger("cps.attribution.outbox")
+log = logging.getLogger("cps.outbox")
 
 ID_HEADER = "cps-outbox-id"
+# An arbitrary, fixed 64-bit key for pg_try_advisory_lock ("CPSOUTBX").
+ADVISORY_KEY = 0x4350534F55544258 & 0x7FFFFFFFFFFFFFFF
+STANDBY_POLL_S = 1.0
 # Rows keep their order in the batch: ids ascend with ORDINALITY.
 _PG_ENQUEUE = (
     "INSERT INTO outbox (topic, key, payload, created_at) "
@@ -118,6 +131,15 @@ def backlog(engine: Engine) -> int:
             table).where(table.c.published_at.is_(None))).scalar_one())
 
 
+def next_topics(engine: Engine, limit: int) -> set[str]:
+    """The topics of the next ``limit`` unpublished rows (what a crash may have sent)."""
+    table = schema.outbox
+    head = (sqlalchemy.select(table.c.topic).where(table.c.published_at.is_(None))
+            .order_by(table.c.id).limit(limit).subquery())
+    with engine.connect() as connection:
+        return set(connection.execute(sqlalchemy.select(head.c.topic).distinct()).scalars())
+
+
 class OutboxPublisher:
     def __init__(self, engine: Engine, producer: Producer, *, batch_max: int = 1000,
                  idle_s: float = 0.2, topics: Sequence[str] = ()) -> None:
@@ -136,9 +158,11 @@ class OutboxPublisher:
 
     async def recover(self) -> int:
         """Mark rows that reached Kafka before a crash kept them from being marked."""
-        if not self._topics:
+        topics = set(self._topics) | await asyncio.to_thread(next_topics, self._engine,
+                                                             self._batch_max)
+        if not topics:
             return 0
-        found = await self._producer.published_ids(self._topics, self._batch_max)
+        found = await self._producer.published_ids(sorted(topics), self._batch_max)
         marked = await asyncio.to_thread(mark_published, self._engine, found)
         if marked:
             log.warning("outbox: %d rows were on Kafka already (crash before marking them)",
@@ -173,6 +197,92 @@ class OutboxPublisher:
         self._wake.set()
 
 
+class PublisherLock:
+    """One outbox publisher per database: see the module docstring."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._connection: Connection | None = None
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._connection is not None or self._fd is not None
+
+    def try_acquire(self) -> bool:
+        if self.held:
+            return True
+        if self._engine.dialect.name == "postgresql":
+            connection = self._engine.connect()
+            got = bool(connection.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:key)"),
+                                          {"key": ADVISORY_KEY}).scalar())
+            connection.commit()
+            if got:
+                self._connection = connection
+            else:
+                connection.close()
+            return got
+        path = self._lock_path()
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):
+                self._connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"),
+                                         {"key": ADVISORY_KEY})
+                self._connection.commit()
+            self._connection.close()
+            self._connection = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _lock_path(self) -> Path:
+        database = self._engine.url.database
+        if not database or database == ":memory:":
+            # An in-memory database belongs to one process: nobody else can publish it.
+            return Path(tempfile.gettempdir()) / f"cps-outbox-{os.getpid()}.lock"
+        return Path(database + ".outbox.lock")
+
+
+async def serve_publisher(engine: Engine, producer: KafkaOutboxProducer,
+                          publisher: OutboxPublisher, stop: asyncio.Event) -> None:
+    """Stand by until this process holds the ``PublisherLock``, then publish until ``stop``.
+
+    The broker may be down at start: connecting is retried every ``STANDBY_POLL_S``.
+    The lock and the producer are released however this ends.
+    """
+    lock = PublisherLock(engine)
+    try:
+        while not stop.is_set() and not await asyncio.to_thread(lock.try_acquire):
+            await _wait(stop, STANDBY_POLL_S)  # another process publishes; stand by
+        while lock.held and not stop.is_set():
+            try:
+                await producer.start()
+                break
+            except Exception as err:  # the broker is not there yet
+                log.warning("outbox: kafka not reachable (%s); retrying", err)
+                await producer.stop()
+                await _wait(stop, STANDBY_POLL_S)
+        if lock.held and not stop.is_set():
+            await publisher.run()
+    finally:
+        await producer.stop()
+        await asyncio.to_thread(lock.release)
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -180,7 +290,7 @@ def _now_ms() -> int:
 class KafkaOutboxProducer:
     """``Producer`` on aiokafka: acks=all, the row id in a header, tail reads for recovery."""
 
-    def __init__(self, bootstrap: str, *, client_id: str = "cps-attribution-outbox",
+    def __init__(self, bootstrap: str, *, client_id: str = "cps-outbox",
                  timeout_s: float = 10.0) -> None:
         self._bootstrap = bootstrap
         self._client_id = client_id

@@ -21,7 +21,6 @@ from attribution_worker import metrics, pending
 from attribution_worker.attributor import Attributor
 from attribution_worker.click_store.base import StoredClick
 from attribution_worker.click_store.redis_store import RedisClickStore
-from attribution_worker.outbox import KafkaOutboxProducer, OutboxPublisher, backlog, unpublished
 from attribution_worker.rules import Policy
 from contracts.attribution import AttributionDecision, AttributionType, Evidence
 from contracts.cookie import CookieSealer
@@ -32,6 +31,7 @@ from devstack.kafka_admin import ensure_topic, read_topic
 from devstack.redis_server import RedisServer
 from devstack.stack import LocalStack
 from ledger_db import master_data, schema
+from ledger_db.outbox import KafkaOutboxProducer, OutboxPublisher, backlog, unpublished
 
 pytestmark = pytest.mark.integration
 
