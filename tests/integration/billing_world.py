@@ -22,7 +22,8 @@ from sqlalchemy import Engine
 
 from billing_batch import charges, master_data
 from billing_batch.reconcile import Report, reconcile
-from billing_batch.run import RunOptions, RunSummary, run_billing
+from billing_batch.run import RunOptions, RunSummary, participant_balances, run_billing
+from billing_batch.schedule import ScheduleMode, ScheduleRule
 from contracts.charges import ChargeResult, ChargeStatus
 from ledger_db import master_data as ledger_master
 from ledger_db import schema
@@ -69,8 +70,6 @@ class BillingWorld:
 
     def schedule(self, channel: str, participant: str, *, days: int | None = None,
                  monthly: bool = False) -> None:
-        from billing_batch.schedule import ScheduleMode, ScheduleRule  # noqa: PLC0415
-
         rule = ScheduleRule(channel, participant,
                             ScheduleMode.MONTHLY if monthly else ScheduleMode.DELAY,
                             15 if days is None else days)
@@ -177,8 +176,6 @@ class BillingWorld:
         return out
 
     def balances(self) -> dict[str, int]:
-        from billing_batch.run import participant_balances  # noqa: PLC0415
-
         with self.engine.connect() as conn:
             return participant_balances(conn)
 
