@@ -17,8 +17,11 @@ Checks (a line's *share* = pended - voided - clawed back + adjusted):
 ``resolutions``        every post and void names a pending transfer with the same
                        accounts and amount (resolved at most once: a unique index)
 ``settled_uncharged``  nothing settled of an order whose charge is not ``charged``
-``orders_vs_lines``    a line's paid amount is its item's; after a run, every accrued line
-                       was accrued on its item's paid - refunded
+``orders_vs_lines``    a line's paid amount is its item's, never accrued on less than its
+                       paid - refunded; after a run, every accrued line of an order in the
+                       run's scope that order sync did not touch since the run started was
+                       accrued on exactly its paid - refunded (a refund arriving during the
+                       run is the next run's work, not a mismatch)
 ``payouts``            per account: the payouts table = the payout transfers
 ``accounts``           every account a transfer names is registered
 ``trial_balance``      debits = credits: the posted balances of all accounts sum to zero
@@ -87,9 +90,11 @@ WHERE t.code = 'settle' AND (c.status IS NULL OR c.status <> 'charged')""",
     "orders_vs_lines": """
 SELECT l.order_id, l.paid_amount - COALESCE(i.paid_amount, 0) FROM commission_lines l
 LEFT JOIN order_items i ON i.order_id = l.order_id AND i.item_id = l.item_id
+LEFT JOIN orders o ON o.order_id = l.order_id
 WHERE i.order_id IS NULL OR i.paid_amount <> l.paid_amount
    OR l.accrued_paid_amount < i.paid_amount - i.refunded_amount
-   OR (:after AND l.status = 'accrued'
+   OR (:after AND l.status = 'accrued' AND o.updated_at < :started_ms
+       AND o.paid_at < :as_of_ms
        AND l.accrued_paid_amount <> i.paid_amount - i.refunded_amount)""",
     "payouts": """
 SELECT COALESCE(p.account_id, t.account_id), COALESCE(p.total, 0) - COALESCE(t.total, 0)
@@ -167,13 +172,17 @@ class ReconciliationFailed(RuntimeError):
         self.report = report
 
 
-def reconcile(conn: Connection, phase: str = "check") -> Report:
+def reconcile(conn: Connection, phase: str = "check", *, started_ms: int = 0,
+              as_of_ms: int = 0) -> Report:
+    """``phase="after"`` with the run's start (wall clock) and as-of adds the check that
+    the run left no refund unprocessed (see ``orders_vs_lines``)."""
     report = Report(phase, checks=tuple(_QUERIES))
+    params = {"after": phase == "after", "started_ms": started_ms, "as_of_ms": as_of_ms}
     dialect = conn.dialect.name
     for name, query in _QUERIES.items():
         if name == "payouts" and dialect == "sqlite":
             query = _sqlite_full_join(query)
-        rows = conn.execute(sqlalchemy.text(query), {"after": phase == "after"}).all()
+        rows = conn.execute(sqlalchemy.text(query), params).all()
         if rows:
             report.findings.append(Finding(name, len(rows), sum(int(r[1] or 0) for r in rows),
                                            tuple(str(r[0]) for r in rows[:SAMPLE])))
@@ -196,8 +205,8 @@ def _sqlite_full_join(query: str) -> str:
     raise RuntimeError(f"SQLite {sqlite3.sqlite_version} is too old (3.39 needed)")
 
 
-def check(conn: Connection, phase: str) -> Report:
-    report = reconcile(conn, phase)
+def check(conn: Connection, phase: str, *, started_ms: int = 0, as_of_ms: int = 0) -> Report:
+    report = reconcile(conn, phase, started_ms=started_ms, as_of_ms=as_of_ms)
     if not report.ok:
         raise ReconciliationFailed(report)
     return report

@@ -170,7 +170,7 @@ def run_billing(engine: Engine, options: RunOptions, *,
     if not lock.acquire(options.wait_s):
         raise RunBusy("another billing run is in progress on this database (it holds the "
                       "run lock); wait for it or pass --wait SECONDS")
-    started = time.monotonic()
+    started, started_ms = time.monotonic(), _now_ms()
     try:
         with engine.connect() as conn:
             reconcile.check(conn, phase="before")
@@ -181,7 +181,8 @@ def run_billing(engine: Engine, options: RunOptions, *,
         if not options.dry_run:
             pay_out(engine, summary, options, progress)
             with engine.connect() as conn:
-                reconcile.check(conn, phase="after")
+                reconcile.check(conn, phase="after", started_ms=started_ms,
+                                as_of_ms=options.as_of_ms)
         summary.seconds = round(time.monotonic() - started, 3)
         if not options.dry_run:
             _close_run(engine, summary)

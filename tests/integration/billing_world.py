@@ -151,7 +151,8 @@ class BillingWorld:
 
     def reconcile(self) -> Report:
         with self.engine.connect() as conn:
-            return reconcile(conn, "after")
+            return reconcile(conn, "after", started_ms=now_ms() + 1,
+                             as_of_ms=DAY0 + 10_000 * DAY_MS)
 
     def transfers(self, order_id: str | None = None) -> list[dict[str, Any]]:
         table = schema.ledger_transfers
