@@ -85,8 +85,9 @@ def parse_time(value: str) -> int:
             moment = moment.replace(tzinfo=UTC)
         ms = (moment - _EPOCH) // _MS
     if not MIN_TS_MS <= ms <= MAX_TS_MS:
+        hint = " in milliseconds (seconds given?)" if text.isdigit() else ""
         raise argparse.ArgumentTypeError(
-            f"{value!r} is outside 2001..2286 in milliseconds (seconds given?)")
+            f"{value!r} is outside {format_ms(MIN_TS_MS)} .. {format_ms(MAX_TS_MS)}{hint}")
     return ms
 
 

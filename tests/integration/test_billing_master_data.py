@@ -435,6 +435,8 @@ def test_cli_channel_rates_fees_activities_and_schedule(cli: Cli) -> None:
       "1700000000"], 2, "seconds given?"),
     (["rates", "add", "--level", "shop_generic", "--shop", SHOP, "--rate", "1", "--from",
       FUTURE, "--to", "2098-01-01"], 2, "at or before it starts"),
+    (["rates", "end", "rr-404", "--at", "1999-12-31"], 2,
+     "outside 2001-09-09 01:46:40.000Z .. 2286-11-20 17:46:40.000Z"),
     (["rates", "end", "rr-404"], 2, "no rate rule 'rr-404'"),
     (["rates", "edit", "rr-404", "--rate", "3"], 2, "no rate rule"),
     (["fees", "add", "--kind", "channel_fee", "--bp", "10001", "--channel", CHANNEL], 2,
