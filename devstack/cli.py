@@ -6,6 +6,10 @@
     cps-dev clicks [--follow]                print the click events in the dev broker
     cps-dev order --token COOKIE [--id ID]   send a demo order carrying a click's cookie
     cps-dev decisions [--follow]             print the attribution decisions
+    cps-dev funds [--fail-orders A,B] [--flaky-orders C] [--fail-every N]
+                  [--fail-ratio R --seed S]
+                  [--delay-s D [--delay-orders A,B]]
+                                             answer charge requests (the funds stand-in)
 
 State (generated dev keys, Redis AOF, disk spool, the SQLite ledger, logs) lives
 in ``.cps-dev/`` under the current directory.  The keys are development keys:
@@ -296,6 +300,45 @@ def _print_topic(topic: str, *, follow: bool) -> int:
         time.sleep(1)
 
 
+def funds(args: argparse.Namespace) -> int:
+    """The funds stand-in on the dev broker, printing each answer, until Ctrl-C."""
+    from devstack.funds import FailurePlan, FundsStandIn
+
+    info = {"kafka": args.kafka} if args.kafka else _stack_info()
+    if info is None:
+        return 2
+    try:
+        plan = FailurePlan(orders=frozenset(_names(args.fail_orders)),
+                           attempts=args.fail_attempts,
+                           flaky=frozenset(_names(args.flaky_orders)), every=args.fail_every,
+                           ratio=args.fail_ratio, seed=args.seed)
+    except ValueError as err:
+        print(f"cps-dev funds: {err}", file=sys.stderr)
+        return 2
+
+    def show(result: Any) -> None:
+        print(f"{result.charge_id}: {result.status.value} {result.reason}".rstrip(), flush=True)
+
+    async def serve() -> None:
+        stand_in = FundsStandIn(info["kafka"], plan=plan, delay_s=args.delay_s,
+                                delay_orders=_names(args.delay_orders) or None,
+                                on_answer=show)
+        await stand_in.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await stand_in.stop()
+
+    print(f"funds stand-in answering charge requests on {info['kafka']} (Ctrl-C stops)",
+          flush=True)
+    asyncio.run(serve())
+    return 0
+
+
+def _names(text: str | None) -> list[str]:
+    return [name.strip() for name in (text or "").split(",") if name.strip()]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="cps-dev", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -313,10 +356,23 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("--amount", type=int, default=9900, help="paid amount, minor units")
     d = sub.add_parser("decisions", help="print attribution decisions from the dev broker")
     d.add_argument("--follow", action="store_true")
+    f = sub.add_parser("funds", help="answer charge requests (the funds stand-in)")
+    f.add_argument("--kafka", help="bootstrap servers (default: the dev stack's)")
+    f.add_argument("--fail-orders", help="comma-separated order ids whose charges fail")
+    f.add_argument("--fail-attempts", type=int, default=None,
+                   help="those orders fail only their first N attempts (default: all)")
+    f.add_argument("--flaky-orders", help="these orders' first attempt fails, the retry is "
+                   "charged (comma-separated)")
+    f.add_argument("--fail-every", type=int, default=0, help="every Nth request fails")
+    f.add_argument("--fail-ratio", type=float, default=0.0,
+                   help="this share of requests fails (0..1), chosen by --seed")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--delay-s", type=float, default=0.0, help="answer after this many seconds")
+    f.add_argument("--delay-orders", help="delay only these orders' answers (comma-separated)")
     args = p.parse_args(argv)
     try:
         return {"up": up, "env": env_cmd, "clicks": clicks, "order": order,
-                "decisions": decisions}[args.command](args)
+                "decisions": decisions, "funds": funds}[args.command](args)
     except ServiceStartError as err:
         print(f"cps-dev: {err}", file=sys.stderr)
         return 1

@@ -4,14 +4,23 @@ through the real Tansu broker (charge service <-> funds stand-in).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import orjson
 import pytest
 import sqlalchemy
+from aiokafka import AIOKafkaProducer
 from sqlalchemy import Connection, Engine
 
+from billing_batch import charge_service
+from billing_batch.charge_service import ChargeService
 from billing_batch.charges import (
+    IGNORED,
+    Charge,
     ChargeError,
     ChargeState,
     Effect,
@@ -23,7 +32,10 @@ from billing_batch.charges import (
     retry_failed,
 )
 from contracts.charges import ChargeRequest, ChargeResult, ChargeStatus
-from contracts.topics import CHARGE_REQUESTS_TOPIC
+from contracts.topics import CHARGE_REQUESTS_TOPIC, CHARGE_RESULTS_TOPIC
+from devstack.funds import FailurePlan, FundsStandIn
+from devstack.kafka_admin import read_topic
+from devstack.stack import LocalStack
 from ledger_db import schema
 
 pytestmark = pytest.mark.integration
@@ -141,3 +153,126 @@ def test_retry_failed_asks_once_more(ledger_engine: Engine) -> None:
         Effect.FAILED: 1}, "the extra attempt failed too: failed again, not retried"
     with ledger_engine.connect() as conn:
         assert orjson.loads(orjson.dumps(list_charges(conn)[0].to_dict()))["attempts"] == 2
+
+
+# -- the whole path through the broker ----------------------------------------------------
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[LocalStack]:
+    topics = {CHARGE_REQUESTS_TOPIC: 2, CHARGE_RESULTS_TOPIC: 2}
+    with LocalStack(tmp_path / "stack", topics=topics) as stack:
+        yield stack
+
+
+async def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await asyncio.to_thread(check):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def charge_of(engine: Engine, order_id: str) -> Charge:
+    with engine.connect() as conn:
+        return load_charges(conn, [order_id])[order_id]
+
+
+def cli(capsys: pytest.CaptureFixture[str], url: str, *argv: str) -> tuple[int, str, str]:
+    code = charge_service.main(["--database-url", url, "charges", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+async def test_charges_through_the_broker_and_the_funds_stand_in(
+        ledger_engine: Engine, ledger_url: str, broker: LocalStack,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    bootstrap = broker.broker.bootstrap
+    paid = [f"o{n}" for n in range(1, 9)] + ["flaky", "broke"]
+    with ledger_engine.begin() as conn:
+        assert request_charges(conn, [first(o) for o in paid]) == 10
+    service = ChargeService(ledger_engine, bootstrap, max_attempts=3, poll_ms=50)
+    funds = FundsStandIn(bootstrap, plan=FailurePlan(orders=frozenset({"broke"}),
+                                                     flaky=frozenset({"flaky"})),
+                         delay_s=2.0, delay_orders={"flaky"})
+    await service.start()
+    await funds.start()
+    try:
+        await wait_for(lambda: charge_of(ledger_engine, "flaky").attempts == 2,
+                       "the flaky order's retry")
+        assert charge_of(ledger_engine, "flaky").status is ChargeState.PENDING, \
+            "pending-retry: its answer is delayed"
+        await wait_for(lambda: statuses(ledger_engine, *paid) == {
+            **{o: "charged" for o in paid}, "broke": "failed"}, "every charge decided")
+        broke = charge_of(ledger_engine, "broke")
+        assert (broke.attempts, broke.charge_id) == (3, "broke:3")
+        assert broke.reason == "insufficient funds (stand-in: failing order)"
+        assert charge_of(ledger_engine, "flaky").attempts == 2
+
+        # Every answer again, and one unreadable record: nothing changes.
+        before = sum(service.counts.values())
+        with ledger_engine.connect() as conn:
+            outbox_rows = conn.execute(sqlalchemy.select(sqlalchemy.func.count()).select_from(
+                schema.outbox)).scalar_one()
+        replay = [(r.order_id.encode(), r.to_json()) for r in funds.answers.values()]
+        await produce(bootstrap, [*replay, (b"o1", b"{not json")])
+        await wait_for(lambda: sum(service.counts.values()) - before == len(replay)
+                       and service.dead_lettered == 1, "the replay applied")
+        assert statuses(ledger_engine, *paid) == {**{o: "charged" for o in paid},
+                                                  "broke": "failed"}
+        assert set(service.counts) <= IGNORED | {Effect.CHARGED, Effect.RETRIED,
+                                                 Effect.FAILED}
+        assert service.counts[Effect.CHARGED] == 9, "each order charged once"
+        with ledger_engine.connect() as conn:
+            assert conn.execute(sqlalchemy.select(sqlalchemy.func.count()).select_from(
+                schema.outbox)).scalar_one() == outbox_rows, "no request from a replay"
+            letter = conn.execute(sqlalchemy.select(schema.dead_letters)).one()
+        assert (letter.source, letter.raw, letter.field) == (
+            CHARGE_RESULTS_TOPIC, b"{not json", "(message)")
+        assert letter.reason.startswith("(message): not JSON")
+
+        # The operator's view, and one more attempt that fails: failed again, not retried.
+        code, out, _ = cli(capsys, ledger_url, "list", "--failed", "--json")
+        assert code == 0
+        assert [c["order_id"] for c in json.loads(out)] == ["broke"]
+        code, out, _ = cli(capsys, ledger_url, "retry", "broke")
+        assert (code, "charge broke:4 of order broke requested" in out) == (0, True)
+        service.publisher.wake()
+        await wait_for(lambda: charge_of(ledger_engine, "broke").charge_id == "broke:4"
+                       and charge_of(ledger_engine, "broke").status is ChargeState.FAILED,
+                       "the extra attempt answered")
+    finally:
+        await funds.stop()
+        await service.stop()
+    requests = [ChargeRequest.from_json(r.value)
+                for r in await read_topic(bootstrap, CHARGE_REQUESTS_TOPIC, timeout=20)]
+    assert sorted(r.charge_id for r in requests) == sorted(
+        [f"{o}:1" for o in paid] + ["flaky:2", "broke:2", "broke:3", "broke:4"]), \
+        "each request on the topic once"
+
+
+async def produce(bootstrap: str, records: Sequence[tuple[bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                enable_idempotence=False)
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send_and_wait(CHARGE_RESULTS_TOPIC, value, key=key)
+    finally:
+        await producer.stop()
+
+
+def test_the_cli_reports_bad_input_without_a_traceback(
+        ledger_engine: Engine, ledger_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with ledger_engine.begin() as conn:
+        request_charges(conn, [first("o1")])
+    assert cli(capsys, ledger_url, "retry", "o1")[::2] == (
+        2, "cps-billing charges retry: the charge of order 'o1' is pending; only a failed "
+           "charge is retried\n")
+    assert cli(capsys, ledger_url, "retry", "nope")[0] == 2
+    assert cli(capsys, "mysql://x/y", "list")[::2] == (
+        2, "cps-billing charges list: unsupported database 'mysql' (sqlite or "
+           "postgresql+psycopg)\n")
+    code, out, err = cli(capsys, ledger_url, "list")
+    assert code == 0
+    assert out.split()[:4] == ["o1", "pending", "attempt", "1"]
+    assert err == "1 charge\n"
