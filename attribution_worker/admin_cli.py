@@ -31,7 +31,6 @@ import base64
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -47,8 +46,8 @@ from attribution_worker.order_store import (
     list_dead_letters,
     replay_dead_letters,
 )
-from contracts.orders import MAX_TS_MS, MIN_TS_MS
 from contracts.settings import ConfigError
+from contracts.times import format_ms, parse_instant_ms
 from ledger_db import master_data
 from ledger_db.engine import DatabaseUrlError
 from ledger_db.master_data import MasterDataError, Period, SelfPurchase
@@ -67,29 +66,10 @@ def _now_ms() -> int:
 
 def parse_at(value: str) -> int:
     """``--at``: ISO 8601 (UTC without an offset) or integer ms since the epoch."""
-    text = value.strip()
-    if text.isdigit():
-        ms = int(text)
-    else:
-        try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{value!r} is neither ISO 8601 nor milliseconds since the epoch") from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        ms = round(moment.timestamp() * 1000)
-    if not MIN_TS_MS <= ms <= MAX_TS_MS:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is outside 2001..2286 in milliseconds (seconds given?)")
-    return ms
-
-
-def format_ms(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    moment = datetime.fromtimestamp(ms / 1000, UTC)
-    return moment.strftime("%Y-%m-%d %H:%M:%S") + f".{ms % 1000:03d}Z"
+    try:
+        return parse_instant_ms(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def escape(data: bytes | str) -> str:

@@ -35,6 +35,7 @@ from billing_batch import reconcile as reconciliation
 from billing_batch import statements as statement_module
 from billing_batch.run import RunBusy, RunOptions, RunSummary, run_billing
 from billing_batch.store import ConcurrentChange
+from contracts import times
 from contracts.settings import ConfigError
 from ledger_db import schema
 
@@ -46,23 +47,11 @@ class UsageError(ValueError):
 
 
 def parse_instant_ms(text: str, name: str) -> int:
-    """``2026-12-19`` (00:00 UTC), an ISO 8601 datetime (UTC unless it has an offset)
-    or milliseconds since the epoch."""
-    value = text.strip()
-    if value.isdigit():
-        return int(value)
+    """``contracts.times.parse_instant_ms`` naming the option it came from."""
     try:
-        if len(value) == 10:
-            day = dt.date.fromisoformat(value)
-            moment = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
-        else:
-            moment = dt.datetime.fromisoformat(value)
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=dt.UTC)
-    except ValueError:
-        raise UsageError(f"{name}: {text!r} is not a date (YYYY-MM-DD), an ISO 8601 "
-                         f"datetime or milliseconds since the epoch") from None
-    return int(moment.timestamp() * 1000)
+        return times.parse_instant_ms(text)
+    except ValueError as err:
+        raise UsageError(f"{name}: {err}") from None
 
 
 class Progress:

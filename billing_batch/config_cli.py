@@ -40,7 +40,6 @@ import dataclasses
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -53,13 +52,11 @@ from billing_batch.money import BP_PER_UNIT, format_bp, parse_percent_bp
 from billing_batch.pools import ParticipantKind
 from billing_batch.rates import FeeKind, RateLevel
 from billing_batch.schedule import ANY, ScheduleMode, ScheduleRule
-from contracts.orders import MAX_TS_MS, MIN_TS_MS
 from contracts.settings import ConfigError
+from contracts.times import format_ms, parse_instant_ms
 from ledger_db.engine import DatabaseUrlError
 
 PROG = "cps-billing"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MS = timedelta(milliseconds=1)
 
 Handler = Callable[[argparse.Namespace], int]
 if TYPE_CHECKING:
@@ -72,23 +69,10 @@ Command = Callable[[argparse.Namespace, Connection, int], int]
 
 def parse_time(value: str) -> int:
     """ISO 8601 date or datetime (UTC without an offset) or integer ms -> ms since the epoch."""
-    text = value.strip()
-    if text.isdigit():
-        ms = int(text)
-    else:
-        try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{value!r} is neither an ISO 8601 date/time nor ms since the epoch") from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        ms = (moment - _EPOCH) // _MS
-    if not MIN_TS_MS <= ms <= MAX_TS_MS:
-        hint = " in milliseconds (seconds given?)" if text.isdigit() else ""
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is outside {format_ms(MIN_TS_MS)} .. {format_ms(MAX_TS_MS)}{hint}")
-    return ms
+    try:
+        return parse_instant_ms(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _percent(value: str) -> int:
@@ -118,13 +102,6 @@ def _now_ms() -> int:
 
 
 # -- output --------------------------------------------------------------------------------
-
-def format_ms(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    moment = datetime.fromtimestamp(ms // 1000, UTC)
-    return moment.strftime("%Y-%m-%d %H:%M:%S") + f".{ms % 1000:03d}Z"
-
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     cells = [list(headers)] + [[_printable(str(cell)) for cell in row] for row in rows]

@@ -40,7 +40,7 @@ from billing_batch.commission import Decision, FrozenTerms, freeze_terms
 from billing_batch.ledger import PAYOUT_ACCOUNT, Code, Flags, Transfer, payout_transfer_id
 from billing_batch.plan import ItemFacts, OrderFacts, OrderPlan, plan_order
 from billing_batch.pools import ParticipantKind
-from billing_batch.rates import ChannelRateBook, FeeBook, LineKey, RateBook
+from billing_batch.rates import ChannelRateBook, FeeBook, RateBook
 from billing_batch.schedule import SettlementSchedule, is_due
 from contracts.attribution import AttributionType
 from contracts.charges import ChargeRequest, charge_id_for
@@ -126,8 +126,7 @@ class BookPricing:
     rates: RateBook
     channel_rates: ChannelRateBook
     fees: FeeBook
-    bases_of: Callable[[str], frozenset[str]]
-    activities_of: Callable[[str], frozenset[str]]
+    memberships: master_data.Memberships  # bases, and activities joined before payment
 
     def freeze(self, order: OrderFacts, item: ItemFacts) -> FrozenTerms | str:
         facts = order.decision
@@ -138,10 +137,9 @@ class BookPricing:
         decision: Decision = _Decision(facts.attribution_type, facts.promoter_id,
                                        facts.channel_id)
         promoter = facts.promoter_id if facts.attribution_type == "cps" else None
-        key = LineKey(order.shop_id, item.product_id, item.category_id, promoter,
-                      self.bases_of(promoter) if promoter else frozenset(),
-                      self.activities_of(promoter) if promoter else frozenset(),
-                      order.paid_at)
+        key = self.memberships.line_key(shop_id=order.shop_id, product_id=item.product_id,
+                                        category_id=item.category_id, promoter_id=promoter,
+                                        paid_at_ms=order.paid_at)
         terms = freeze_terms(decision, key, rates=self.rates, channel_rates=self.channel_rates,
                              fees=self.fees)
         return terms if terms is not None else "no rate matches at payment"
@@ -196,8 +194,7 @@ def load_books(engine: Engine) -> tuple[BookPricing, ScheduleRules]:
         memberships = master_data.load_memberships(conn)
         pricing = BookPricing(master_data.load_rate_book(conn),
                               master_data.load_channel_rate_book(conn),
-                              master_data.load_fee_book(conn), memberships.bases_of,
-                              memberships.activities_of)
+                              master_data.load_fee_book(conn), memberships)
         return pricing, ScheduleRules(master_data.load_schedule(conn))
 
 

@@ -78,7 +78,7 @@ def test_a_busy_run_lock_exits_3(world: BillingWorld, capsys: pytest.CaptureFixt
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["run", "--as-of", "yesterday"], "--as-of: 'yesterday' is not a date"),
+    (["run", "--as-of", "yesterday"], "--as-of: 'yesterday' is neither an ISO 8601 date"),
     (["run", "--as-of", "2026-01-02", "--batch-size", "0"], "--batch-size: must be positive"),
     (["statements", "--from", "2026-02-01", "--to", "2026-01-01"], "--to must be after --from"),
 ])
