@@ -25,12 +25,12 @@ schema, ``null`` (or ``[]`` for ``sub_ids``) when absent, in a fixed order:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from contracts.records import Record
+from contracts.verdicts import Verdict
 
 if TYPE_CHECKING:
     from contracts.links import Link
@@ -39,18 +39,6 @@ SCHEMA_VERSION = 1
 MAX_USER_AGENT = 512
 MAX_REFERER = 1024
 MAX_RAW_QUERY = 512
-
-
-class Verdict(StrEnum):
-    VALID = "valid"
-    EXPIRED = "expired"
-    BOT = "bot"
-    DUPLICATE = "duplicate"
-    RATE_LIMITED = "rate_limited"
-    BAD_SIGNATURE = "bad_signature"
-    UNKNOWN_KEY = "unknown_key"
-    TARGET_NOT_ALLOWED = "target_not_allowed"
-    MALFORMED = "malformed"
 
 
 class SchemaError(ValueError):

@@ -28,9 +28,9 @@ import unicodedata
 from dataclasses import dataclass
 from urllib.parse import quote, unquote_to_bytes, urlsplit
 
-from contracts.clicks import Verdict
 from contracts.keys import KeyRing
 from contracts.targets import AllowList, TargetError, normalize_target, parse_target
+from contracts.verdicts import Verdict
 
 SIGNATURE_TAG = b"cps-link-v1\n"
 MAX_QUERY_BYTES = 4096
