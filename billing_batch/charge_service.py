@@ -15,6 +15,8 @@ One long-running process does two things:
   a crash replays the batch, which changes nothing the second time.  A database outage
   stops consumption (the batch is retried every second), so it costs lag, not results.
 
+Metrics (``billing_batch.metrics``) on ``CPS_CHARGE_METRICS_PORT`` (9466; 0 = none).
+
 SIGTERM or SIGINT stops it: the batch in hand is written and committed, the publisher
 finishes its batch, exit 0.  Settings (``ChargeSettings``) come from ``CPS_*``
 variables; a bad one stops the command naming the variable (exit 2).
@@ -41,6 +43,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import orjson
+import prometheus_client
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError, KafkaError
 from pydantic import Field, field_validator
@@ -50,7 +53,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 import ledger_db
-from billing_batch import charges
+from billing_batch import charges, metrics
 from billing_batch.charges import ApplySummary, ChargeError, ChargeState, Effect
 from contracts.charges import ChargeResult, ChargeSchemaError
 from contracts.settings import ConfigError, KafkaBootstrap, LogLevel, load_settings
@@ -78,6 +81,7 @@ class ChargeSettings(BaseSettings):
     charge_batch_max: PositiveInt = 500
     outbox_batch_max: PositiveInt = 1000
     poll_interval_ms: PositiveInt = 200
+    charge_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9466  # 0: no /metrics
     log_level: LogLevel = "info"
 
     @field_validator("database_url")
@@ -247,6 +251,9 @@ class ChargeService:
                 continue
             self.counts.update(outcome.summary.counts)
             self.dead_lettered += outcome.dead_lettered
+            for effect, count in outcome.summary.counts.items():
+                metrics.charge_results.labels(effect.value).inc(count)
+            metrics.charge_dead_letters.inc(outcome.dead_lettered)
             if outcome.summary.requests:
                 self.publisher.wake()
             return True
@@ -295,6 +302,8 @@ def _serve(args: argparse.Namespace) -> int:
     engine = ledger_db.connect(settings.database_url)
     try:
         ledger_db.migrate(engine)
+        if settings.charge_metrics_port:
+            serve_metrics(engine, settings.charge_metrics_port)
         service = ChargeService(engine, settings.kafka_bootstrap,
                                 group_id=settings.charge_results_group,
                                 max_attempts=settings.charge_max_attempts,
@@ -307,6 +316,13 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     finally:
         engine.dispose()
+
+
+def serve_metrics(engine: Engine, port: int) -> None:
+    """``/metrics`` of this process on ``port`` (a daemon thread of prometheus_client)."""
+    metrics.CHARGE_REGISTRY.register(metrics.LedgerCollector(engine))
+    prometheus_client.start_http_server(port, registry=metrics.CHARGE_REGISTRY)
+    log.info("metrics on http://0.0.0.0:%d/metrics", port)
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """``cps-billing``: the billing batch, its reconciliation, statements and master data.
 
     cps-billing run --as-of 2026-12-19 [--dry-run] [--batch-size 2000] [--pause 0.05]
-                    [--wait 0] [--json]
+                    [--wait 0] [--json] [--metrics-file PATH]
     cps-billing reconcile [--json]
     cps-billing statements --from 2026-12-01 --to 2027-01-01 [--account promoter:P1]
                            [--entries] [--format csv|json] [--out FILE]
@@ -20,9 +20,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -30,7 +32,7 @@ import sqlalchemy
 from sqlalchemy import Engine
 
 import ledger_db
-from billing_batch import charge_service, config_cli
+from billing_batch import charge_service, config_cli, metrics
 from billing_batch import reconcile as reconciliation
 from billing_batch import statements as statement_module
 from billing_batch.run import RunBusy, RunOptions, RunSummary, run_billing
@@ -93,22 +95,31 @@ def _run(args: argparse.Namespace) -> int:
     options = RunOptions(as_of_ms=parse_instant_ms(args.as_of, "--as-of"), dry_run=args.dry_run,
                          batch_size=_positive(args.batch_size, "--batch-size"),
                          pause_s=max(0.0, args.pause), wait_s=max(0.0, args.wait))
+    metrics_file = args.metrics_file or os.environ.get("CPS_BILLING_METRICS_FILE") or None
     engine = _engine(args)
+    started = time.monotonic()
+    summary: RunSummary | None = None
+    code, balanced = 0, True
     try:
         summary = run_billing(engine, options, progress=Progress(sys.stderr))
     except RunBusy as busy:
         print(f"cps-billing run: {busy}", file=sys.stderr)
-        return EXIT_BUSY
+        return EXIT_BUSY  # not this run's failure: the running one reports
     except reconciliation.ReconciliationFailed as failed:
         print(f"cps-billing run: stopped, the books do not balance:\n{failed}", file=sys.stderr)
-        return EXIT_MISMATCH
+        code, balanced = EXIT_MISMATCH, False
     except ConcurrentChange as change:
         print(f"cps-billing run: stopped: {change}; run again", file=sys.stderr)
-        return EXIT_BUSY
+        code = EXIT_BUSY
     finally:
         engine.dispose()
-    print(summary.to_json() if args.json else "\n".join(summary_lines(summary)))
-    return 0
+    if metrics_file and not options.dry_run:
+        metrics.write_run_metrics(metrics_file, summary=asdict(summary) if summary else None,
+                                  success=code == 0, reconciliation_ok=balanced,
+                                  duration_s=time.monotonic() - started)
+    if summary is not None:
+        print(summary.to_json() if args.json else "\n".join(summary_lines(summary)))
+    return code
 
 
 def _positive(value: int, name: str) -> int:
@@ -212,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--wait", type=float, default=0.0,
                      help="seconds to wait for a concurrent run (default: fail at once)")
     run.add_argument("--json", action="store_true", help="the summary as JSON")
+    run.add_argument("--metrics-file", default=None,
+                     help="write the run's Prometheus metrics here (node_exporter textfile "
+                          "collector; default: CPS_BILLING_METRICS_FILE)")
     run.set_defaults(handler=_run)
     check = commands.add_parser("reconcile", help="check that the books balance")
     check.add_argument("--json", action="store_true")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import sqlalchemy
@@ -86,3 +87,31 @@ def test_bad_input_is_a_message_and_exit_2(world: BillingWorld, argv: list[str],
                                            capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["--database-url", _url(world), *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_run_metrics_file_reports_success_then_a_stopped_run(
+        world: BillingWorld, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "cps_billing.prom"
+    assert cli.main(["--database-url", _url(world), "run", "--as-of", "2026-01-02",
+                     "--metrics-file", str(path)]) == 0
+    text = path.read_text()
+    assert "cps_billing_last_run_success 1.0" in text
+    assert "cps_billing_last_run_lines_accrued 1.0" in text
+    assert 'cps_billing_last_run_amount_minor{code="freeze"} 2000.0' in text
+    with world.engine.begin() as conn:
+        conn.execute(sqlalchemy.text("DELETE FROM ledger_transfers WHERE code = 'freeze'"))
+    assert cli.main(["--database-url", _url(world), "run", "--as-of", "2026-01-03",
+                     "--metrics-file", str(path)]) == 1
+    text = path.read_text()
+    assert "cps_billing_last_run_success 0.0" in text
+    assert "cps_billing_reconciliation_ok 0.0" in text
+
+
+def test_charge_metrics_read_the_ledger(world: BillingWorld) -> None:
+    from billing_batch.metrics import LedgerCollector
+
+    world.run(days=1)                         # O1 accrued: one pending charge, one outbox row
+    families = {family.name: family for family in LedgerCollector(world.engine).collect()}
+    charges = {sample.labels["status"]: sample.value for sample in families["cps_charges"].samples}
+    assert charges == {"pending": 1, "charged": 0, "failed": 0}
+    assert families["cps_outbox_backlog"].samples[0].value == 1
