@@ -60,7 +60,8 @@ def test_rules_are_documented_and_scraped() -> None:
         assert rule["annotations"]["summary"].strip()
         path, _, anchor = rule["annotations"]["runbook"].partition("#")
         assert path == "ops/README.md"
-        assert anchor == rule["alert"].lower() and anchor in anchors
+        assert anchor == rule["alert"].lower()
+        assert anchor in anchors
         assert f"### {rule['alert']}\n" in section
     config = yaml.safe_load(PROMETHEUS_PATH.read_text())
     assert "billing-alerts.yml" in config["rule_files"]
