@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from contracts.records import Record
-from contracts.verdicts import Verdict
+from contracts.verdicts import Verdict as Verdict  # re-exported: readers import it from here
 
 if TYPE_CHECKING:
     from contracts.links import Link

@@ -17,6 +17,7 @@ from billing_batch import master_data as md
 from billing_batch.config_cli import add_config_commands, main, parse_time
 from billing_batch.rates import FeeKind, LineKey, RateLevel
 from billing_batch.schedule import ANY, DAY_MS, ScheduleMode, ScheduleRule
+from contracts.times import format_ms
 from ledger_db import master_data as admin
 from ledger_db.schema import rate_rules
 from tests.integration.db import ledger_engine, ledger_url  # noqa: F401 (fixtures)
@@ -490,4 +491,4 @@ def test_parse_time() -> None:
     assert parse_time("2024-06-01T08:00:00+08:00") == 1_717_200_000_000
     assert parse_time("2024-06-01T00:00:00.001") == 1_717_200_000_001
     assert parse_time("1717200000000") == 1_717_200_000_000
-    assert config_cli.format_ms(1_717_200_000_001) == "2024-06-01 00:00:00.001Z"
+    assert format_ms(1_717_200_000_001) == "2024-06-01 00:00:00.001Z"
