@@ -12,7 +12,6 @@ import orjson
 import pytest
 from sqlalchemy import Connection, Engine, select
 
-from billing_batch import config_cli
 from billing_batch import master_data as md
 from billing_batch.config_cli import add_config_commands, main, parse_time
 from billing_batch.rates import FeeKind, LineKey, RateLevel
