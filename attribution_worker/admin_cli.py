@@ -41,6 +41,7 @@ import ledger_db
 from attribution_worker.order_store import (
     DeadLetter,
     DeadLetterNotFound,
+    NotAnOrderMessage,
     OutcomeKind,
     get_dead_letter,
     list_dead_letters,
@@ -323,7 +324,7 @@ def _deadletters_replay(args: argparse.Namespace, engine: Engine) -> int:
         raise UsageError("give dead letter ids or --all (not both)")
     try:
         results = replay_dead_letters(engine, None if args.all else args.ids)
-    except DeadLetterNotFound as err:
+    except (DeadLetterNotFound, NotAnOrderMessage) as err:
         raise UsageError(str(err)) from None
     for result in results:
         print(f"{result.dead_letter_id}: {result.outcome.kind.value}: "

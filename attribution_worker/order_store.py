@@ -72,7 +72,12 @@ from attribution_worker.order_state import (
     decide,
 )
 from contracts.orders import OrderMessage, OrderSchemaError, OrderStatus, RefundStatus
-from contracts.topics import ORDERS_TOPIC
+from contracts.topics import (
+    CHARGE_RESULTS_TOPIC,
+    CLICK_FALLBACK_STREAM,
+    CLICKS_TOPIC,
+    ORDERS_TOPIC,
+)
 from ledger_db.schema import channels, dead_letters, order_items, order_refunds, orders, shops
 
 # Ids per IN list on SQLite (far below its 32,766 bound variables); PostgreSQL takes them
@@ -147,6 +152,18 @@ class DeadLetterNotFound(LookupError):
     def __init__(self, ids: Iterable[int]) -> None:
         self.ids = sorted(ids)
         super().__init__(f"no dead letter with id {', '.join(map(str, self.ids))}")
+
+
+# Other consumers (the click persister, the charge service) dead-letter into the same
+# table; their messages are not orders, so the order replay leaves them alone.
+FOREIGN_SOURCES = frozenset({CLICKS_TOPIC, CLICK_FALLBACK_STREAM, CHARGE_RESULTS_TOPIC})
+
+
+class NotAnOrderMessage(ValueError):
+    def __init__(self, letters: Iterable[tuple[int, str]]) -> None:
+        self.ids = sorted(letter_id for letter_id, _ in letters)
+        described = ", ".join(f"{letter_id} ({source})" for letter_id, source in sorted(letters))
+        super().__init__(f"not order messages, cannot be replayed as orders: {described}")
 
 
 @dataclass(slots=True)
@@ -434,10 +451,13 @@ def _insert_dead_letters(conn: Connection, dead: list[tuple[IncomingMessage, Out
 # -- dead letters --------------------------------------------------------------------------
 
 def list_dead_letters(db: Engine | Connection, *, limit: int = 100,
-                      include_replayed: bool = False, after_id: int = 0) -> list[DeadLetter]:
+                      include_replayed: bool = False, after_id: int = 0,
+                      orders_only: bool = False) -> list[DeadLetter]:
     """Dead letters by id (oldest first); by default only the open ones (never replayed,
-    or replayed and dead-lettered again)."""
+    or replayed and dead-lettered again); ``orders_only``: not those of other consumers."""
     query = select(dead_letters).where(dead_letters.c.id > after_id)
+    if orders_only:
+        query = query.where(dead_letters.c.source.not_in(sorted(FOREIGN_SOURCES)))
     if not include_replayed:
         query = query.where(dead_letters.c.replay_result.is_(None)
                             | (dead_letters.c.replay_result == OutcomeKind.DEAD_LETTERED.value))
@@ -463,14 +483,17 @@ def replay_dead_letters(engine: Engine, ids: Sequence[int] | None = None, *,
                         now_ms: int | None = None) -> list[ReplayResult]:
     """Re-run dead letters ``ids`` (``None``: every open one), oldest first, through
     ``apply_batch``'s path; raises ``DeadLetterNotFound`` (before replaying any) for
-    unknown ids.  A replay that fails again updates the dead letter's replay columns."""
+    unknown ids and ``NotAnOrderMessage`` for other consumers' dead letters (``None``
+    skips those).  A replay that fails again updates the dead letter's replay columns."""
     now = _now_ms() if now_ms is None else now_ms
     if ids is not None:
         wanted = sorted(set(ids))
         with engine.connect() as conn:
-            found = set(_existing_ids(conn, wanted))
-        if missing := set(wanted) - found:
+            found = dict(_existing_sources(conn, wanted))
+        if missing := set(wanted) - set(found):
             raise DeadLetterNotFound(missing)
+        if foreign := [(i, source) for i, source in found.items() if source in FOREIGN_SOURCES]:
+            raise NotAnOrderMessage(foreign)
     results: list[ReplayResult] = []
     after_id = 0
     while True:
@@ -487,18 +510,19 @@ def replay_dead_letters(engine: Engine, ids: Sequence[int] | None = None, *,
         after_id = rows[-1].id
 
 
-def _existing_ids(conn: Connection, ids: list[int]) -> list[int]:
-    found: list[int] = []
+def _existing_sources(conn: Connection, ids: list[int]) -> list[tuple[int, str]]:
+    found: list[tuple[int, str]] = []
     for start in range(0, len(ids), IN_CHUNK):
-        found.extend(conn.execute(select(dead_letters.c.id).where(
-            dead_letters.c.id.in_(ids[start:start + IN_CHUNK]))).scalars())
+        found.extend((row.id, row.source) for row in conn.execute(
+            select(dead_letters.c.id, dead_letters.c.source).where(
+                dead_letters.c.id.in_(ids[start:start + IN_CHUNK]))))
     return found
 
 
 def _replay_rows(conn: Connection, ids: Sequence[int] | None, after_id: int
                  ) -> list[DeadLetter]:
     if ids is None:
-        return list_dead_letters(conn, limit=REPLAY_BATCH, after_id=after_id)
+        return list_dead_letters(conn, limit=REPLAY_BATCH, after_id=after_id, orders_only=True)
     chunk = sorted(i for i in set(ids) if i > after_id)[:REPLAY_BATCH]
     if not chunk:
         return []

@@ -201,3 +201,23 @@ def test_parse_at_and_escape() -> None:
     with pytest.raises(argparse.ArgumentTypeError, match="seconds given"):
         parse_at("1700000000")
     assert escape(b"ok \\ \n \xff \xe4\xb8\xad") == "ok \\\\ \\n \\xff 中"
+
+
+def test_replay_leaves_other_consumers_dead_letters_alone(
+        cli: Cli, ledger_engine: Engine) -> None:  # noqa: F811
+    from contracts.topics import CHARGE_RESULTS_TOPIC
+    from ledger_db import schema
+
+    with ledger_engine.begin() as conn:
+        conn.execute(schema.dead_letters.insert(), [
+            {"source": CHARGE_RESULTS_TOPIC, "raw": b"{}", "reason": "charge_id: missing",
+             "received_at": T0},
+            {"source": "cps.orders.v1", "raw": b"not json", "reason": "not JSON",
+             "received_at": T0}])
+    charge, order = (d["id"] for d in cli.json("deadletters", "list"))
+    out = cli("deadletters", "replay", "--all", status=1)
+    assert f"{order}: dead_lettered" in out
+    assert "replayed 1, 1 still dead-lettered" in out
+    assert "not order messages" in cli("deadletters", "replay", str(charge), status=2)
+    assert f"{charge} ({CHARGE_RESULTS_TOPIC})" in cli("deadletters", "replay", str(charge),
+                                                      status=2)
