@@ -1,6 +1,8 @@
 """``cps-attribution``: run the attribution service, or explain one order's attribution.
 
     cps-attribution run                      # persister + order sync + attributor + outbox
+    cps-attribution run --role ingest        # persister + order sync only
+    cps-attribution run --role attribute     # attributor + outbox only (one GIL each)
     cps-attribution explain ORDER_ID [--json]
 
 ``explain`` shows what support needs: the decision on record (if any), and what
@@ -23,7 +25,7 @@ import uvloop
 
 from attribution_worker import pending
 from attribution_worker.attributor import Attributor
-from attribution_worker.service import Service, open_store, policy_of
+from attribution_worker.service import Role, Service, open_store, policy_of
 from attribution_worker.settings import AttributionSettings
 from contracts.cookie import CookieSealer
 from contracts.settings import ConfigError, load_settings
@@ -33,7 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cps-attribution", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run the attribution service until SIGTERM")
+    run = sub.add_parser("run", help="run the attribution service until SIGTERM")
+    run.add_argument("--role", choices=[r.value for r in Role], default=Role.ALL.value,
+                     help="the parts this process runs: all (default), ingest (click "
+                     "persister, order sync) or attribute (attributor, outbox publisher)")
     explain = sub.add_parser("explain", help="why an order is (or would be) attributed so")
     explain.add_argument("order_id")
     explain.add_argument("--json", action="store_true", help="machine-readable output")
@@ -50,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "run":
-        return uvloop.run(Service(settings).run())
+        return uvloop.run(Service(settings, Role(args.role)).run())
     return asyncio.run(_explain(settings, args.order_id, as_json=args.json))
 
 

@@ -4,7 +4,15 @@ publisher in one process, plus a small HTTP server (click queries, ``/metrics``)
 Every part scales out by running more processes: the persister and order sync
 are consumer groups (the partitions are shared), the attributor claims due
 orders with leases, and the outbox publisher runs wherever the publisher lock
-is held (``attribution_worker.leader``), the other processes standing by.
+is held (``ledger_db.outbox.PublisherLock``), the other processes standing by.
+
+``--role`` splits the parts between processes (``Role``): ``ingest`` runs the
+persister and order sync, ``attribute`` the attributor, the outbox publisher
+and the housekeeping; ``all`` (the default) runs every part.  One process is
+one GIL: on the 2-core benchmark machine order sync and the attributor in one
+process decide 1,600 orders/s from a backlog, and they compete for the same
+interpreter (bench/RESULTS.md).  Each process serves its own HTTP port
+(``CPS_HTTP_PORT``): metrics are per process, as Prometheus scrapes them.
 
 SIGTERM or SIGINT stops it gracefully: consumers finish the batch in hand
 (written, then committed), the attributor finishes its round, the publisher
@@ -21,6 +29,7 @@ import logging
 import signal
 import time
 from collections.abc import Iterator
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy
@@ -48,6 +57,22 @@ from ledger_db.outbox import PublisherLock
 log = logging.getLogger("cps.attribution")
 
 SWEEP_INTERVAL_S = 60.0
+
+
+class Role(StrEnum):
+    """Which parts one ``cps-attribution run`` process runs (module docstring)."""
+
+    ALL = "all"
+    INGEST = "ingest"  # click persister + order sync
+    ATTRIBUTE = "attribute"  # attributor + outbox publisher + housekeeping
+
+    @property
+    def ingests(self) -> bool:
+        return self is not Role.ATTRIBUTE
+
+    @property
+    def attributes(self) -> bool:
+        return self is not Role.INGEST
 GAUGE_INTERVAL_S = 5.0
 
 
@@ -104,8 +129,9 @@ class PrometheusPersisterMetrics:
 
 
 class Service:
-    def __init__(self, settings: AttributionSettings) -> None:
+    def __init__(self, settings: AttributionSettings, role: Role = Role.ALL) -> None:
         self.settings = settings
+        self.role = role
         self.engine = ledger_db.connect(settings.database_url)
         self.stop_event = asyncio.Event()
         self.store: ClickStore | None = None
@@ -115,38 +141,47 @@ class Service:
         s = self.settings
         await asyncio.to_thread(ledger_db.migrate, self.engine)
         self.store = await open_store(s)
-        persister = ClickPersister(self.store, PersisterConfig(
-            bootstrap=s.kafka_bootstrap, fallback_redis_url=s.redis_url,
-            group_id=s.persister_group, batch_max_records=s.consumer_batch_max),
-            dead_letters=DatabaseDeadLetters(self.engine), metrics=PrometheusPersisterMetrics())
-        sync = OrderSync(self.engine, s.kafka_bootstrap, group_id=s.order_sync_group,
-                         batch_max=s.consumer_batch_max, poll_ms=s.poll_interval_ms)
-        attributor = Attributor(self.engine, self.store, CookieSealer(s.cookie_keys),
-                                policy_of(s), schedule_s=s.attribution_retry_schedule_s,
-                                batch_max=s.attributor_batch_max)
-        producer = outbox.KafkaOutboxProducer(s.kafka_bootstrap)
-        publisher = outbox.OutboxPublisher(self.engine, producer, batch_max=s.outbox_batch_max,
-                                           topics=[ATTRIBUTIONS_TOPIC])
-        sync.on_batch.append(publisher.wake)
         server = self._http_server()
         self._install_signals()
-        await persister.start()
-        self.tasks = [
-            asyncio.create_task(sync.run(), name="order-sync"),
-            asyncio.create_task(attributor.run(self.stop_event), name="attributor"),
-            asyncio.create_task(self._publish(publisher, producer), name="outbox"),
-            asyncio.create_task(self._housekeeping(), name="housekeeping"),
-            asyncio.create_task(server.serve(), name="http"),
-        ]
-        log.info("attribution service up: store %s, database %s, kafka %s, http %s:%d",
-                 s.click_store, self.engine.url.render_as_string(hide_password=True),
-                 s.kafka_bootstrap, s.http_host, s.http_port)
+        persister = sync = publisher = None
+        if self.role.ingests:
+            persister = ClickPersister(self.store, PersisterConfig(
+                bootstrap=s.kafka_bootstrap, fallback_redis_url=s.redis_url,
+                group_id=s.persister_group, batch_max_records=s.consumer_batch_max),
+                dead_letters=DatabaseDeadLetters(self.engine),
+                metrics=PrometheusPersisterMetrics())
+            sync = OrderSync(self.engine, s.kafka_bootstrap, group_id=s.order_sync_group,
+                             batch_max=s.consumer_batch_max, poll_ms=s.poll_interval_ms)
+            await persister.start()
+            self.tasks.append(asyncio.create_task(sync.run(), name="order-sync"))
+        if self.role.attributes:
+            attributor = Attributor(self.engine, self.store, CookieSealer(s.cookie_keys),
+                                    policy_of(s), schedule_s=s.attribution_retry_schedule_s,
+                                    batch_max=s.attributor_batch_max)
+            producer = outbox.KafkaOutboxProducer(s.kafka_bootstrap)
+            publisher = outbox.OutboxPublisher(self.engine, producer,
+                                               batch_max=s.outbox_batch_max,
+                                               topics=[ATTRIBUTIONS_TOPIC])
+            if sync is not None:
+                sync.on_batch.append(publisher.wake)
+            self.tasks += [
+                asyncio.create_task(attributor.run(self.stop_event), name="attributor"),
+                asyncio.create_task(self._publish(publisher, producer), name="outbox"),
+                asyncio.create_task(self._housekeeping(), name="housekeeping")]
+        self.tasks.append(asyncio.create_task(server.serve(), name="http"))
+        log.info("attribution service up (role %s): store %s, database %s, kafka %s, "
+                 "http %s:%d", self.role.value, s.click_store,
+                 self.engine.url.render_as_string(hide_password=True), s.kafka_bootstrap,
+                 s.http_host, s.http_port)
         await self.stop_event.wait()
         log.info("attribution service stopping")
-        sync.stop()
-        publisher.stop()
+        if sync is not None:
+            sync.stop()
+        if publisher is not None:
+            publisher.stop()
         server.should_exit = True
-        await persister.stop()
+        if persister is not None:
+            await persister.stop()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.store.close()
         self.engine.dispose()

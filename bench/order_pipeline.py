@@ -1,17 +1,19 @@
 """Order sync + attribution throughput on PostgreSQL, and attribution delay at a steady rate.
 
     python -m bench.order_pipeline [--messages 1000000] [--steady-rate 1000] [--steady-s 30]
-                                   [--database postgresql|sqlite]
+                                   [--database postgresql|sqlite] [--processes 1|2]
 
 Three measurements in one run, on a fresh Tansu broker, redis-server (the click
 store) and a fresh database:
 
 1. **baseline**: a consumer group reads the whole order backlog and does
    nothing with it: what the broker and aiokafka cost by themselves;
-2. **pipeline**: one worker (order sync + attributor, as ``cps-attribution run``
-   runs them, in one process) drains the same backlog: every message applied
-   to the ledger, every order decided.  Reported as messages/s and orders/s
-   and as a ratio to the baseline;
+2. **pipeline**: one worker (order sync + attributor) drains the same backlog:
+   every message applied to the ledger, every order decided.  With
+   ``--processes 1`` both run in one process, as ``cps-attribution run`` runs
+   them; with ``--processes 2`` (the default) the attributor runs in a process
+   of its own, as ``--role ingest`` and ``--role attribute`` split them.
+   Reported as messages/s and orders/s and as a ratio to the baseline;
 3. **steady**: new orders at ``--steady-rate`` per second for ``--steady-s``
    seconds; attribution delay = decision time - the order's creation time.
 
@@ -169,27 +171,62 @@ def decided(engine: sqlalchemy.Engine) -> int:
             schema.attribution_decisions)).scalar_one())
 
 
-class Pipeline:
-    """One worker's order sync + attributor, as ``cps-attribution run`` runs them, kept
-    running from the backlog into the steady phase (a consumer group rejoin would cost
-    the steady phase its first seconds)."""
+def _attributor(engine: sqlalchemy.Engine, store: RedisClickStore) -> Attributor:
+    return Attributor(engine, store, CookieSealer(COOKIES), Policy(), schedule_s=(1,),
+                      batch_max=1000, lookup_concurrency=32)
 
-    def __init__(self, engine: sqlalchemy.Engine, bootstrap: str,
-                 store: RedisClickStore) -> None:
+
+def _attributor_process(database_url: str, redis_url: str, stop: Any) -> None:
+    """In its own process (``--processes 2``): the attributor until ``stop`` is set."""
+    asyncio.run(_attribute_until(database_url, redis_url, stop))
+
+
+async def _attribute_until(database_url: str, redis_url: str, stop: Any) -> None:
+    engine = ledger_db.connect(database_url)
+    store = RedisClickStore(redis_url, retention_ms=30 * DAY_MS)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(_attributor(engine, store).run(stopping, 0.05))
+    while not await asyncio.to_thread(stop.wait, 0.5):
+        pass
+    stopping.set()
+    await task
+    await store.close()
+    engine.dispose()
+
+
+class Pipeline:
+    """One worker's order sync + attributor (in this process, or the attributor in a
+    process of its own), kept running from the backlog into the steady phase (a
+    consumer group rejoin would cost the steady phase its first seconds)."""
+
+    def __init__(self, engine: sqlalchemy.Engine, bootstrap: str, store: RedisClickStore,
+                 *, database_url: str, redis_url: str, processes: int) -> None:
         self.sync = OrderSync(engine, bootstrap, batch_max=2000)
-        self.attributor = Attributor(engine, store, CookieSealer(COOKIES), Policy(),
-                                     schedule_s=(1,), batch_max=1000, lookup_concurrency=32)
+        self._engine, self._store = engine, store
+        self._urls = (database_url, redis_url)
+        self._processes = processes
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        context = multiprocessing.get_context("spawn")
+        self._process_stop = context.Event()
+        self._process = context.Process(target=_attributor_process,
+                                        args=(*self._urls, self._process_stop))
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self.sync.run()),
-                       asyncio.create_task(self.attributor.run(self._stop, 0.05))]
+        self._tasks = [asyncio.create_task(self.sync.run())]
+        if self._processes == 1:
+            self._tasks.append(asyncio.create_task(
+                _attributor(self._engine, self._store).run(self._stop, 0.05)))
+        else:
+            self._process.start()
 
     async def stop(self) -> None:
         self.sync.stop()
         self._stop.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._process.pid is not None:
+            self._process_stop.set()
+            await asyncio.to_thread(self._process.join, 60)
 
 
 async def drain_backlog(engine: sqlalchemy.Engine, pipe: Pipeline, total_messages: int,
@@ -287,7 +324,7 @@ def _pct(values: list[int], pct: float) -> float:
 async def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     now_ms = time.time_ns() // 1_000_000
     results: dict[str, Any] = {"machine": report.machine(), "messages": args.messages,
-                               "database": args.database}
+                               "database": args.database, "processes": args.processes}
     topics = {ORDERS_TOPIC: PARTITIONS, ATTRIBUTIONS_TOPIC: PARTITIONS, CLICKS_TOPIC: 1}
     async with LocalStack(out / "stack", topics=topics, redis_appendonly=False) as stack:
         database_url, drop = _database(args.database, out)
@@ -302,7 +339,8 @@ async def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                   f"in {produced_s:.1f} s", flush=True)
             base_s = await baseline(stack.broker.bootstrap, args.messages)
             print(f"baseline: {args.messages / base_s:,.0f} messages/s", flush=True)
-            pipe = Pipeline(engine, stack.broker.bootstrap, store)
+            pipe = Pipeline(engine, stack.broker.bootstrap, store, database_url=database_url,
+                            redis_url=stack.redis.url, processes=args.processes)
             pipe.start()
             timing = await drain_backlog(engine, pipe, args.messages, backlog.orders)
             print(f"pipeline: {args.messages / timing['synced_s']:,.0f} messages/s synced, "
@@ -345,7 +383,7 @@ def render(r: dict[str, Any], command: str) -> str:
     lines = [f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: order sync + attribution, "
              f"{r['database']}", "", f"Command: `{command}`  ",
              f"Machine: {mach['cpu']}, {mach['cores']} cores, Linux {mach['kernel']}, Python "
-             f"{mach['python']}; one worker process (order sync + attributor), Tansu and "
+             f"{mach['python']}; {_worker(r.get('processes', 1))}, PostgreSQL, Tansu and "
              "redis-server on the same 2 cores.", "",
              f"Backlog: {r['messages']:,} order messages of {r['orders']:,} orders "
              "(created/paid/received; 50 % click, 10 % token, 20 % self-operated, 20 % none).", "",
@@ -367,6 +405,12 @@ def render(r: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
+def _worker(processes: int) -> str:
+    if processes == 1:
+        return "one worker process (order sync + attributor)"
+    return "one worker in two processes (order sync; attributor)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.order_pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -374,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database", choices=("postgresql", "sqlite"), default="postgresql")
     parser.add_argument("--steady-rate", type=int, default=1000)
     parser.add_argument("--steady-s", type=int, default=30)
+    parser.add_argument("--processes", type=int, choices=(1, 2), default=2,
+                        help="the attributor in this process (1) or in its own (2)")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args(argv)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")

@@ -26,11 +26,12 @@ DAY_MS = 86_400_000
 
 
 class AttributionProcess:
-    """``python -m attribution_worker.cli run`` in a child process."""
+    """``python -m attribution_worker.cli run --role ROLE`` in a child process."""
 
     def __init__(self, tmp: Path, *, database_url: str, kafka: str, redis: str,
                  cookie_keys: KeyRing, store: str = "redis", bigtable_host: str | None = None,
-                 env: Mapping[str, str] | None = None, name: str = "attribution") -> None:
+                 env: Mapping[str, str] | None = None, name: str = "attribution",
+                 role: str = "all") -> None:
         self.port = free_port()
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("CPS_")},
@@ -41,7 +42,8 @@ class AttributionProcess:
             **({"BIGTABLE_EMULATOR_HOST": bigtable_host} if bigtable_host else {}),
             **(env or {}),
         }
-        self.proc = ManagedProcess([sys.executable, "-m", "attribution_worker.cli", "run"],
+        self.proc = ManagedProcess([sys.executable, "-m", "attribution_worker.cli", "run",
+                                    "--role", role],
                                    log_path=tmp / f"{name}-{self.port}.log", env=self.env,
                                    name=name)
 

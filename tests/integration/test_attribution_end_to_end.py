@@ -2,7 +2,9 @@
 
 Real Tansu, Redis, the edge process and ``cps-attribution run``; the ledger on
 SQLite with the Redis click store, and on PostgreSQL with the Bigtable click
-store (emulator), so both databases and both click stores are covered.
+store (emulator), so both databases and both click stores are covered; and on
+PostgreSQL with Redis with the parts split between two processes
+(``--role ingest`` and ``--role attribute``).
 """
 
 from __future__ import annotations
@@ -63,14 +65,20 @@ def stack(tmp_path: Path) -> Iterator[LocalStack]:
         yield local
 
 
-@pytest.fixture(params=["sqlite+redis", "postgresql+bigtable"])
-def combo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str, str | None]]:
-    """(database URL, click store, Bigtable emulator host)."""
-    database, store = request.param.split("+")
+ONE_PROCESS = ("all",)
+TWO_PROCESSES = ("ingest", "attribute")
+
+
+@pytest.fixture(params=["sqlite+redis", "postgresql+bigtable", "postgresql+redis+split"])
+def combo(request: pytest.FixtureRequest, tmp_path: Path
+          ) -> Iterator[tuple[str, str, str | None, tuple[str, ...]]]:
+    """(database URL, click store, Bigtable emulator host, the processes' roles)."""
+    database, store, *split = request.param.split("+")
+    roles = TWO_PROCESSES if split else ONE_PROCESS
     if database == "sqlite":
-        yield f"sqlite:///{tmp_path / 'ledger.db'}", store, None
+        yield f"sqlite:///{tmp_path / 'ledger.db'}", store, None, roles
         return
-    if find_emulator_binary() is None:
+    if store == "bigtable" and find_emulator_binary() is None:
         pytest.skip("the Bigtable emulator (cbtemulator) is not installed")
     admin = _postgres_admin()
     name = f"cps_e2e_{secrets.token_hex(5)}"
@@ -78,8 +86,11 @@ def combo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str,
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
     url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
     try:
+        if store == "redis":
+            yield url, store, None, roles
+            return
         with BigtableEmulator(log_dir=tmp_path).start() as emulator:
-            yield url, store, emulator.emulator_host
+            yield url, store, emulator.emulator_host, roles
     finally:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -112,10 +123,11 @@ async def wait_for(what: str, check: Callable[[], bool], timeout_s: float = 30) 
 
 
 async def test_clicks_and_orders_become_decisions(stack: LocalStack, keys: Keys,
-                                                  combo: tuple[str, str, str | None],
+                                                  combo: tuple[str, str, str | None,
+                                                               tuple[str, ...]],
                                                   edge_factory: Callable[..., EdgeProcess],
                                                   tmp_path: Path) -> None:
-    database_url, store, bigtable_host = combo
+    database_url, store, bigtable_host, roles = combo
     now = time.time_ns() // 1_000_000
     set_up_master_data(database_url, now)
     edge = edge_factory(stack).start()
@@ -125,10 +137,11 @@ async def test_clicks_and_orders_become_decisions(stack: LocalStack, keys: Keys,
     by_token = visitor_of(keys, await click_as_buyer(edge, shop_link, 2))
     sitewide = visitor_of(keys, await click_as_buyer(edge, sitewide_link, 3))
 
-    service = AttributionProcess(tmp_path, database_url=database_url,
-                                 kafka=stack.broker.bootstrap, redis=stack.redis.url,
-                                 cookie_keys=keys.cookie, store=store,
-                                 bigtable_host=bigtable_host).start()
+    services = [AttributionProcess(tmp_path, database_url=database_url,
+                                   kafka=stack.broker.bootstrap, redis=stack.redis.url,
+                                   cookie_keys=keys.cookie, store=store,
+                                   bigtable_host=bigtable_host, name=role, role=role).start()
+                for role in roles]
     try:
         created = time.time_ns() // 1_000_000
         paid = created + 1000
@@ -147,8 +160,8 @@ async def test_clicks_and_orders_become_decisions(stack: LocalStack, keys: Keys,
         ])
         counts = await decisions_on_topic(stack.broker.bootstrap, 5, timeout_s=90)
     finally:
-        code = service.stop()
-    assert code == 0, service.log()
+        codes = [service.stop() for service in services]
+    assert codes == [0] * len(services), "\n".join(service.log() for service in services)
     assert all(n == 1 for n in counts.values()), counts
     found = await decisions_by_order(stack.broker.bootstrap)
     assert found["o-click"].attribution_type is AttributionType.CPS
