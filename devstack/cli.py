@@ -1,7 +1,8 @@
 """``cps-dev``: the whole pipeline on one machine, for development.
 
-    cps-dev up [--port 8000] [--workers 1]   broker + redis + edge + attribution service,
-                                             prints a demo link
+    cps-dev up [--port 8000] [--workers 1]   broker + redis + edge + attribution service +
+                                             charge service + funds stand-in, prints a
+                                             demo link
     cps-dev env                              export lines for the dev keys (eval "$(cps-dev env)")
     cps-dev clicks [--follow]                print the click events in the dev broker
     cps-dev order --token COOKIE [--id ID]   send a demo order carrying a click's cookie
@@ -33,7 +34,13 @@ import orjson
 from contracts.keys import generate_ring
 from contracts.links import mint_link
 from contracts.settings import ConfigError, load_settings
-from contracts.topics import ATTRIBUTIONS_TOPIC, CLICKS_TOPIC, ORDERS_TOPIC
+from contracts.topics import (
+    ATTRIBUTIONS_TOPIC,
+    CHARGE_REQUESTS_TOPIC,
+    CHARGE_RESULTS_TOPIC,
+    CLICKS_TOPIC,
+    ORDERS_TOPIC,
+)
 from devstack.kafka_admin import read_topic
 from devstack.processes import ManagedProcess, ServiceStartError, free_port, port_accepts
 from devstack.stack import LocalStack
@@ -103,8 +110,11 @@ def _wait_ready(port: int, edge: ManagedProcess, timeout: float = 30) -> None:
 
 
 def _demo_master_data(database_url: str) -> None:
-    """The demo shop (in commission promotion), channel and promoter; kept if present."""
+    """The demo shop (in commission promotion), channel and promoter, and its commission
+    terms (SPEC 9's example: 20 % of the shop's sales, platform 10 % of the pool, the
+    channel 5 % of the paid amount); kept if present."""
     import ledger_db
+    from billing_batch import master_data as billing
     from ledger_db import master_data
 
     ledger_db.migrate(database_url)
@@ -118,6 +128,13 @@ def _demo_master_data(database_url: str) -> None:
                 master_data.join_cps(conn, DEMO_SHOP, now_ms - 1000)
                 master_data.add_channel(conn, DEMO_CHANNEL, now_ms=now_ms, name="Demo live")
                 master_data.add_promoter(conn, DEMO_PROMOTER, now_ms=now_ms)
+                billing.add_rate_rule(conn, level="shop_generic", shop_id=DEMO_SHOP,
+                                      rate_bp=2000, valid_from_ms=now_ms - 1000, now_ms=now_ms)
+                billing.add_fee_setting(conn, kind="platform_share", bp=1000,
+                                        valid_from_ms=now_ms - 1000, now_ms=now_ms)
+                billing.add_fee_setting(conn, kind="channel_fee", bp=500,
+                                        channel_id=DEMO_CHANNEL, valid_from_ms=now_ms - 1000,
+                                        now_ms=now_ms)
     finally:
         engine.dispose()
 
@@ -131,6 +148,25 @@ def _start_attribution(state: Path) -> ManagedProcess:
     return service.start(ready=lambda: port_accepts("127.0.0.1", port), timeout=60)
 
 
+def _start_charges(state: Path) -> ManagedProcess:
+    """The charge service (``cps-billing charges serve``): charge requests out, results in."""
+    port = _pick_port(9466)
+    env = {**os.environ, "CPS_CHARGE_METRICS_PORT": str(port)}
+    service = ManagedProcess([sys.executable, "-m", "billing_batch.charge_service", "charges",
+                              "serve"], log_path=state / "logs" / "charges.log", env=env,
+                             name="charge service")
+    return service.start(ready=lambda: port_accepts("127.0.0.1", port), timeout=60)
+
+
+def _start_funds(state: Path, kafka: str) -> ManagedProcess:
+    """The funds stand-in (``cps-dev funds``): charges every request."""
+    log_path = state / "logs" / "funds.log"
+    stand_in = ManagedProcess([sys.executable, "-m", "devstack.cli", "funds", "--kafka", kafka],
+                              log_path=log_path, env=dict(os.environ), name="funds stand-in")
+    return stand_in.start(ready=lambda: "answering charge requests" in log_path.read_text(),
+                          timeout=60)
+
+
 def up(args: argparse.Namespace) -> int:
     state = STATE_DIR.absolute()
     (state / "logs").mkdir(parents=True, exist_ok=True)
@@ -142,7 +178,8 @@ def up(args: argparse.Namespace) -> int:
     # SIGTERM unwinds like Ctrl-C: every `with` below stops what it started.
     signal.signal(signal.SIGTERM, _interrupt)
     print("starting Tansu broker and redis-server ...", flush=True)
-    topics = {CLICKS_TOPIC: 4, ORDERS_TOPIC: 4, ATTRIBUTIONS_TOPIC: 4}
+    topics = {CLICKS_TOPIC: 4, ORDERS_TOPIC: 4, ATTRIBUTIONS_TOPIC: 4,
+              CHARGE_REQUESTS_TOPIC: 4, CHARGE_RESULTS_TOPIC: 4}
     with LocalStack(state, topics=topics, kafka_port=_pick_port(19092),
                     redis_port=_pick_port(16379)) as stack:
         os.environ.update(_dev_env(state, edge_port=edge_port, kafka=stack.broker.bootstrap,
@@ -159,16 +196,18 @@ def up(args: argparse.Namespace) -> int:
             [sys.executable, "-m", "edge.cli", "serve", "--port", str(edge_port),
              "--workers", str(args.workers)],
             log_path=state / "logs" / "edge.log", env=dict(os.environ), name="edge")
-        print("starting the edge and the attribution service ...", flush=True)
+        print("starting the edge, the attribution service, the charge service and the funds "
+              "stand-in ...", flush=True)
         with edge.start(ready=lambda: port_accepts("127.0.0.1", edge_port), timeout=30), \
-                _start_attribution(state) as attribution:
+                _start_attribution(state) as attribution, _start_charges(state) as charges, \
+                _start_funds(state, stack.broker.bootstrap) as funds_stand_in:
             _wait_ready(edge_port, edge)
             link = mint_link(os.environ["CPS_LINK_BASE_URL"], ring=settings.link_keys,
                              promoter_id=DEMO_PROMOTER, channel_id=DEMO_CHANNEL,
                              target=DEMO_TARGET, ttl_seconds=7 * 86400, shop_id=DEMO_SHOP,
                              product_id="42", allow=settings.allowed_target_hosts)
             _print_demo(state, edge, attribution, stack, edge_port, link)
-            running = (edge, attribution)
+            running = (edge, attribution, charges, funds_stand_in)
             try:
                 while all(p.alive for p in running) and stack.alive:
                     time.sleep(0.5)
@@ -178,10 +217,11 @@ def up(args: argparse.Namespace) -> int:
                 if not process.alive:
                     print(f"the {process.name} exited:\n{process.tail(30)}", file=sys.stderr)
                     return 1
-            print("stopping the edge (flushing clicks) and the attribution service ...",
-                  flush=True)
+            print("stopping the edge (flushing clicks), the attribution and charge services "
+                  "and the funds stand-in ...", flush=True)
             edge.stop(timeout=30)
-            attribution.stop(timeout=30)
+            for process in (attribution, charges, funds_stand_in):
+                process.stop(timeout=30)
         print("stopping broker and redis ...", flush=True)
     return 0
 
@@ -209,6 +249,9 @@ demo link (valid 7 days; promoter {DEMO_PROMOTER}, shop {DEMO_SHOP}):
 4. see the decision, and why:
   .venv/bin/cps-dev decisions
   eval "$(.venv/bin/cps-dev env)"; .venv/bin/cps-attribution explain demo-order-1
+5. bill it (commission frozen, the merchant charged by the funds stand-in), then look:
+  eval "$(.venv/bin/cps-dev env)"; .venv/bin/cps-billing run --as-of "$(date -u +%FT%T)"
+  .venv/bin/cps-billing charges list; .venv/bin/cps-billing reconcile
 mint more links with the dev keys:
   eval "$(.venv/bin/cps-dev env)"; .venv/bin/cps-link mint --promoter p1 --channel c1 \\
       --target https://shop.example.com/item/7

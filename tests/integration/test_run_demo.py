@@ -35,6 +35,37 @@ def cps_dev(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
         check=False)
 
 
+def cps_billing(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CPS_")}
+    url = f"sqlite:///{cwd / '.cps-dev' / 'ledger.db'}"
+    return subprocess.run([sys.executable, "-m", "billing_batch.cli", "--database-url", url,
+                           *args], cwd=cwd, env={**env, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+async def _bill_and_charge(cwd: Path, up: ManagedProcess) -> None:
+    """The demo's step 5: a billing run freezes the commission (the demo shop's 20 % of the
+    demo order's 9900 is 1980) and requests the charge; the charge service and the funds
+    stand-in answer it."""
+    as_of = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + 1))
+    billed = cps_billing(cwd, "run", "--as-of", as_of, "--json")
+    assert billed.returncode == 0, billed.stderr
+    summary = orjson.loads(billed.stdout)
+    assert summary["lines_accrued"] == 1
+    assert summary["amounts"]["freeze"] == 1980
+    deadline = time.monotonic() + 60
+    while True:
+        listed = cps_billing(cwd, "charges", "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        (charge,) = orjson.loads(listed.stdout)
+        if charge["status"] == "charged":
+            break
+        assert time.monotonic() < deadline, f"charge still {charge}; log:\n{up.tail(60)}"
+        await asyncio.sleep(0.5)
+    assert charge["amount_minor"] == 1980
+    assert cps_billing(cwd, "reconcile").returncode == 0
+
+
 async def test_the_demo_from_click_to_decision(tmp_path: Path) -> None:
     port = free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("CPS_")},
@@ -67,6 +98,7 @@ async def test_the_demo_from_click_to_decision(tmp_path: Path) -> None:
         assert decision["evidence"] == "token"
         assert decision["click_id"] == response.click_id
         assert decision["promoter_id"] == "demo-promoter"
+        await _bill_and_charge(tmp_path, up)
     finally:
         code = up.stop(timeout=60)
     assert code == 0, up.tail(40)
