@@ -150,7 +150,9 @@ def plan_order(order: OrderFacts, lines: Mapping[str, CommissionLine],
     plan = OrderPlan(order.order_id)
     if order.paid_at is None or order.paid_at >= as_of_ms:
         return plan
-    current: dict[str, tuple[CommissionLine, LineLedger]] = {}
+    # A new line's ledger is folded only if settlement looks at it (it rarely does: the
+    # order's charge is requested by this very plan).
+    current: dict[str, tuple[CommissionLine, LineLedger | list[Transfer]]] = {}
     for item in order.items:
         line = lines.get(item.item_id)
         if line is None:
@@ -159,18 +161,18 @@ def plan_order(order: OrderFacts, lines: Mapping[str, CommissionLine],
                 continue
             line, transfers = accrue_line(order, item, pricing)
             plan.new_lines.append(line)
-            ledger = fold_line(transfers)
-        else:
-            ledger = ledgers.get(item.item_id) or LineLedger()
-            transfers = []
-            if line.status == "accrued" and item.effective_paid < line.accrued_paid_amount:
-                changed, transfers = reallocate_line(line, ledger, item.effective_paid)
-                plan.changed_lines.append((changed, line.version))
-                ledger = ledger.copy()
-                for transfer in transfers:
-                    ledger.apply(transfer)
-                line = changed
-        plan.transfers.extend(transfers)
+            plan.transfers.extend(transfers)
+            current[item.item_id] = (line, transfers)
+            continue
+        ledger = ledgers.get(item.item_id) or LineLedger()
+        if line.status == "accrued" and item.effective_paid < line.accrued_paid_amount:
+            changed, transfers = reallocate_line(line, ledger, item.effective_paid)
+            plan.changed_lines.append((changed, line.version))
+            ledger = ledger.copy()
+            for transfer in transfers:
+                ledger.apply(transfer)
+            plan.transfers.extend(transfers)
+            line = changed
         current[item.item_id] = (line, ledger)
     if plan.new_lines and not lines:
         total = sum(line.commission_amount for line in plan.new_lines)
@@ -271,7 +273,11 @@ def reallocate_line(line: CommissionLine, ledger: LineLedger,
     return changed, transfers
 
 
-def _settle(order: OrderFacts, lines: Iterable[tuple[CommissionLine, LineLedger]],
+_KINDS = {kind.value: kind for kind in ParticipantKind}
+
+
+def _settle(order: OrderFacts,
+            lines: Iterable[tuple[CommissionLine, LineLedger | list[Transfer]]],
             schedule: Schedule, as_of_ms: int, plan: OrderPlan) -> list[Transfer]:
     if order.charge_status != CHARGED:
         plan.held = f"charge {order.charge_status or 'not requested'}"
@@ -280,11 +286,12 @@ def _settle(order: OrderFacts, lines: Iterable[tuple[CommissionLine, LineLedger]
         plan.held = "refund in progress"
         return []
     out: list[Transfer] = []
-    for line, ledger in lines:
+    for line, folded in lines:
+        ledger = folded if isinstance(folded, LineLedger) else fold_line(folded)
         frozen = frozen_account(line.shop_id)
         channel_id = line.terms.channel_id if line.terms else None
         for account, pending in sorted(ledger.open_pending.items()):
-            kind = ParticipantKind(account_kind(account)[0])
+            kind = _KINDS[account_kind(account)[0]]
             if not schedule.due(channel_id, kind, order, as_of_ms):
                 continue
             out.append(line_transfer(

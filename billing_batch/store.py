@@ -117,30 +117,57 @@ def _lines(conn: Connection, ids: Sequence[str],
            dialect: str) -> dict[str, dict[str, CommissionLine]]:
     table = schema.commission_lines
     out: dict[str, dict[str, CommissionLine]] = {}
-    for row in conn.execute(select(table).where(_in(table.c.order_id, ids, dialect))):
-        out.setdefault(row.order_id, {})[row.item_id] = line_from_row(row._mapping)
+    terms: dict[tuple[Any, ...], FrozenTerms] = {}  # a batch's lines share a few terms
+    for row in _raw(conn, select(*(table.c[name] for name in LINE_COLUMNS))
+                    .where(_in(table.c.order_id, ids, dialect))):
+        order_id, item_id, shop_id, mode, status, reason = row[:6]
+        key = row[6:20]
+        frozen = terms.get((mode, key))
+        if frozen is None and key[0] is not None and mode in _TERM_MODES:
+            frozen = terms[(mode, key)] = _terms(mode, key)
+        out.setdefault(order_id, {})[item_id] = CommissionLine(
+            order_id, item_id, shop_id, mode, status, reason, frozen, *row[20:])
     return out
+
+
+# Read in this order: the line's identity, the frozen terms (_TERM_COLUMNS), the amounts.
+LINE_COLUMNS = ("order_id", "item_id", "shop_id", "mode", "status", "reason",
+                *_TERM_COLUMNS, "paid_amount", "accrued_paid_amount", "commission_amount",
+                "version", "paid_at")
+_TERM_MODES = {mode.value: mode for mode in Mode}
+
+
+def _terms(mode: str, key: Sequence[Any]) -> FrozenTerms:
+    (rule_id, level, rate_bp, leader_id, leader_rate_bp, activity_id, platform_bp, channel_bp,
+     fans_bp, promoter_id, channel_id, platform_rule, channel_rule, fans_rule) = key
+    return FrozenTerms(
+        mode=_TERM_MODES[mode], rule_id=rule_id,
+        level=RateLevel(level) if level != "channel" else "channel", rate_bp=rate_bp,
+        leader_id=leader_id, leader_rate_bp=leader_rate_bp, activity_id=activity_id,
+        platform_share_bp=platform_bp or 0, channel_fee_bp=channel_bp or 0,
+        fans_share_bp=fans_bp or 0, promoter_id=promoter_id, channel_id=channel_id,
+        platform_share_rule_id=platform_rule, channel_fee_rule_id=channel_rule,
+        fans_share_rule_id=fans_rule)
 
 
 def line_from_row(row: Mapping[Any, Any]) -> CommissionLine:
     terms = None
-    if row["rule_id"] is not None and row["mode"] in (Mode.CPS, Mode.SELF_OPERATED):
-        level = row["rate_level"]
-        terms = FrozenTerms(
-            mode=Mode(row["mode"]), rule_id=row["rule_id"],
-            level=RateLevel(level) if level != "channel" else "channel",
-            rate_bp=row["rate_bp"], leader_id=row["leader_id"],
-            leader_rate_bp=row["leader_rate_bp"], activity_id=row["activity_id"],
-            platform_share_bp=row["platform_share_bp"] or 0,
-            channel_fee_bp=row["channel_fee_bp"] or 0, fans_share_bp=row["fans_share_bp"] or 0,
-            promoter_id=row["promoter_id"], channel_id=row["channel_id"],
-            platform_share_rule_id=row["platform_share_rule_id"],
-            channel_fee_rule_id=row["channel_fee_rule_id"],
-            fans_share_rule_id=row["fans_share_rule_id"])
+    if row["rule_id"] is not None and row["mode"] in _TERM_MODES:
+        terms = _terms(row["mode"], [row[name] for name in _TERM_COLUMNS])
     return CommissionLine(row["order_id"], row["item_id"], row["shop_id"], row["mode"],
                           row["status"], row["reason"], terms, row["paid_amount"],
                           row["accrued_paid_amount"], row["commission_amount"], row["version"],
                           row["paid_at"])
+
+
+def _raw(conn: Connection, query: Any) -> Iterable[Sequence[Any]]:
+    """The rows of ``query`` read as tuples: by position, never by name (the batch reads
+    millions of them)."""
+    return conn.execute(query)
+
+
+_FLAGS = {flag.value: flag for flag in Flags}
+_CODES = {code.value: code for code in Code}
 
 
 def _ledgers(conn: Connection, ids: Sequence[str],
@@ -149,13 +176,18 @@ def _ledgers(conn: Connection, ids: Sequence[str],
         return {}
     table = schema.ledger_transfers
     by_line: dict[tuple[str, str], list[Transfer]] = {}
-    for row in conn.execute(select(*(table.c[name] for name in TRANSFER_COLUMNS[:10]))
-                            .where(_in(table.c.order_id, ids, dialect))):
-        transfer = Transfer(_uuid(row.transfer_id), row.debit_account_id, row.credit_account_id,
-                            row.amount, Flags(row.flags), Code(row.code), row.order_id,
-                            row.item_id, row.seq, _uuid(row.pending_id)
-                            if row.pending_id is not None else None)
-        by_line.setdefault((row.order_id, row.item_id), []).append(transfer)
+    flags, codes = _FLAGS, _CODES
+    for (transfer_id, debit, credit, amount, pending_id, flag, code, order_id, item_id,
+         seq) in _raw(conn, select(*(table.c[name] for name in TRANSFER_COLUMNS[:10]))
+                      .where(_in(table.c.order_id, ids, dialect))):
+        transfer = Transfer(_uuid(transfer_id), debit, credit, amount, flags[flag], codes[code],
+                            order_id, item_id, seq,
+                            _uuid(pending_id) if pending_id is not None else None)
+        line = by_line.get((order_id, item_id))
+        if line is None:
+            by_line[(order_id, item_id)] = [transfer]
+        else:
+            line.append(transfer)
     out: dict[str, dict[str, LineLedger]] = {}
     for (order_id, item_id), transfers in by_line.items():
         out.setdefault(order_id, {})[item_id] = fold_line(transfers)
@@ -163,7 +195,7 @@ def _ledgers(conn: Connection, ids: Sequence[str],
 
 
 def _uuid(value: Any) -> uuid.UUID:
-    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    return value if type(value) is uuid.UUID else uuid.UUID(str(value))
 
 
 def line_row(line: CommissionLine, *, run_id: str, now_ms: int) -> dict[str, Any]:
@@ -190,9 +222,14 @@ def line_row(line: CommissionLine, *, run_id: str, now_ms: int) -> dict[str, Any
 
 def insert_lines(conn: Connection, lines: Sequence[CommissionLine], *, run_id: str,
                  now_ms: int) -> None:
-    if lines:
-        conn.execute(schema.commission_lines.insert(),
-                     [line_row(line, run_id=run_id, now_ms=now_ms) for line in lines])
+    if not lines:
+        return
+    rows = [line_row(line, run_id=run_id, now_ms=now_ms) for line in lines]
+    if conn.dialect.name == "postgresql":
+        columns = tuple(rows[0])
+        _copy(conn, "commission_lines", columns, (tuple(row.values()) for row in rows))
+        return
+    conn.execute(schema.commission_lines.insert(), rows)
 
 
 def update_lines(conn: Connection, changes: Sequence[tuple[CommissionLine, int]], *,
