@@ -206,6 +206,12 @@ def _open_run(engine: Engine, options: RunOptions, summary: RunSummary) -> str |
     """The run id into ``summary``; the cursor to resume after (None: from the start)."""
     runs = schema.billing_runs
     with engine.begin() as conn:
+        if not options.dry_run:
+            # We hold the run lock, so a run still marked running elsewhere was killed;
+            # one of another as-of is not resumed: it is closed as failed.
+            conn.execute(runs.update().where(runs.c.status == "running",
+                                             runs.c.as_of != options.as_of_ms)
+                         .values(status="failed", phase="abandoned", finished_at=_now_ms()))
         unfinished = conn.execute(
             select(runs.c.run_id, runs.c.cursor_order_id)
             .where(runs.c.as_of == options.as_of_ms, runs.c.status == "running")).first()

@@ -195,3 +195,20 @@ def test_a_second_concurrent_run_fails_cleanly(world: BillingWorld) -> None:
             run_billing(world.engine, RunOptions(as_of_ms=DAY0))
     finally:
         holder.release()
+
+
+def test_a_killed_run_of_another_as_of_is_closed_as_failed(world: BillingWorld) -> None:
+    import sqlalchemy
+
+    from ledger_db import schema
+
+    runs = schema.billing_runs
+    with world.engine.begin() as conn:
+        conn.execute(runs.insert().values(run_id="2025-12-31.1", as_of=DAY0 - DAY_MS,
+                                          status="running", phase="accrue", started_at=DAY0))
+    world.paid_order("O1", [("I1", 10_000)])
+    summary = world.run(days=1)
+    assert not summary.resumed
+    with world.engine.connect() as conn:
+        rows = dict(conn.execute(sqlalchemy.select(runs.c.run_id, runs.c.status)).all())
+    assert rows == {"2025-12-31.1": "failed", summary.run_id: "finished"}
