@@ -31,7 +31,8 @@ SELECT account, code, flags, as_of, amount FROM (
   SELECT debit_account_id, code, flags, as_of, -amount FROM ledger_transfers) moves
 WHERE (account = 'platform' OR account LIKE 'promoter:%' OR account LIKE 'channel:%'
        OR account LIKE 'group_leader:%' OR account LIKE 'fans:%')
-  AND (:account IS NULL OR account = :account)"""
+  AND (CAST(:account AS VARCHAR) IS NULL OR account = CAST(:account AS VARCHAR))"""
+# The casts: PostgreSQL cannot type a bare NULL parameter ("could not determine data type").
 _SUMMARY = f"""
 SELECT account,
   SUM(CASE WHEN as_of < :start AND flags IN ('posted', 'post') THEN amount ELSE 0 END),

@@ -385,7 +385,8 @@ def test_killed_inside_a_batch_and_a_payout_transaction(
         if run == 2:
             in_process(world.engine, run)
             continue
-        where = f"batch:{rng.randrange(2, 15)}" if run == 0 else "payout:1"
+        where = (f"batch:{rng.randrange(2, len(ORDERS) // BATCH_SIZE + 1)}" if run == 0
+                 else "payout:1")
         marker = tmp_path / f"in-transaction-{run}"
         before = running_cursor(world.engine, run)
         proc = start(world.engine, *run_args(run), pause_in=where, marker=marker)
