@@ -23,6 +23,8 @@ Checks (a line's *share* = pended - voided - clawed back + adjusted):
                        accrued on exactly its paid - refunded (a refund arriving during the
                        run is the next run's work, not a mismatch)
 ``payouts``            per account: the payouts table = the payout transfers
+``payouts_within_settled`` per account: never paid out more than was settled to it
+                       (payouts pay positive balances only; clawbacks only subtract)
 ``accounts``           every account a transfer names is registered
 ``trial_balance``      debits = credits: the posted balances of all accounts sum to zero
 """
@@ -103,6 +105,14 @@ FULL OUTER JOIN (SELECT debit_account_id AS account_id, SUM(amount) AS total
                  FROM ledger_transfers WHERE code = 'payout' GROUP BY debit_account_id) t
   ON t.account_id = p.account_id
 WHERE COALESCE(p.total, 0) <> COALESCE(t.total, 0)""",
+    "payouts_within_settled": """
+SELECT account, SUM(paid) - SUM(earned) FROM (
+  SELECT debit_account_id AS account, SUM(amount) AS paid, 0 AS earned
+  FROM ledger_transfers WHERE code = 'payout' GROUP BY debit_account_id
+  UNION ALL
+  SELECT credit_account_id, 0, SUM(amount) FROM ledger_transfers
+  WHERE code IN ('settle', 'adjust') GROUP BY credit_account_id) moves
+GROUP BY account HAVING SUM(paid) > SUM(earned)""",
     "accounts": """
 SELECT m.account, 0 FROM (SELECT debit_account_id AS account FROM ledger_transfers
                           UNION SELECT credit_account_id FROM ledger_transfers) m

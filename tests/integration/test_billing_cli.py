@@ -115,3 +115,18 @@ def test_charge_metrics_read_the_ledger(world: BillingWorld) -> None:
     charges = {sample.labels["status"]: sample.value for sample in families["cps_charges"].samples}
     assert charges == {"pending": 1, "charged": 0, "failed": 0}
     assert families["cps_outbox_backlog"].samples[0].value == 1
+
+
+def test_reconcile_catches_a_deleted_settlement_that_was_paid_out(
+        world: BillingWorld, capsys: pytest.CaptureFixture[str]) -> None:
+    world.run(days=1)
+    world.receive("O1")
+    world.charge("O1")
+    world.run(days=17)                                   # settled and paid out
+    with world.engine.begin() as conn:
+        conn.execute(sqlalchemy.text("DELETE FROM ledger_transfers WHERE code = 'settle' "
+                                     "AND credit_account_id = 'promoter:P1'"))
+    assert cli.main(["--database-url", _url(world), "reconcile", "--json"]) == 1
+    failed = {f["check"]: f for f in json.loads(capsys.readouterr().out)["findings"]}
+    assert failed["payouts_within_settled"]["sample"] == ["promoter:P1"]
+    assert failed["payouts_within_settled"]["amount_minor"] == 1300
