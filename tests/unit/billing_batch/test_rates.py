@@ -8,7 +8,6 @@ choices, on small id domains so that levels, versions and ties collide often.
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import replace
 from typing import Any
 
@@ -443,12 +442,9 @@ def test_lookup_equals_the_reference_scan(rules: list[RateRule], keys: list[Line
                 r.level, r.rate_bp, r.leader_rate_bp)
 
 
-def test_a_million_lookups_take_seconds() -> None:
-    """The batch's load: 200 shops, 25,200 rules, all levels; 100,000 lookups here.
-
-    Measured ~1.7 us a lookup on the development machine (1,000,000 in ~2 s);
-    the bound is ten times that, so a slow CI runner does not flake.
-    """
+def test_a_large_book_answers_every_line() -> None:
+    """The batch's shape: 200 shops, 25,200 rules, all levels (its speed is measured by
+    ``bench.billing``, not here)."""
     rnd = random.Random(8)
     rules: list[RateRule] = []
     for s in range(200):
@@ -475,13 +471,8 @@ def test_a_million_lookups_take_seconds() -> None:
                     f"c{rnd.randrange(12)}", f"p{rnd.randrange(3)}",
                     frozenset({"b9", "b2"}) if rnd.random() < 0.3 else frozenset(),
                     frozenset({"a1"}) if rnd.random() < 0.3 else frozenset(),
-                    rnd.randrange(2000)) for _ in range(100_000)]
-    lookup = book.lookup
-    start = time.perf_counter()
-    found = sum(lookup(k) is not None for k in keys)
-    elapsed = time.perf_counter() - start
-    assert found == len(keys)  # every shop has a generic rule
-    assert elapsed < 2.0, f"{elapsed / len(keys) * 1e6:.1f} us a lookup"
+                    rnd.randrange(2000)) for _ in range(5_000)]
+    assert all(book.lookup(key) is not None for key in keys)  # every shop has a generic rule
 
 
 # ---------------------------------------------------------------- channel rates
