@@ -9,9 +9,10 @@ is held (``ledger_db.outbox.PublisherLock``), the other processes standing by.
 ``--role`` splits the parts between processes (``Role``): ``ingest`` runs the
 persister and order sync, ``attribute`` the attributor, the outbox publisher
 and the housekeeping; ``all`` (the default) runs every part.  One process is
-one GIL: on the 2-core benchmark machine order sync and the attributor in one
-process decide 1,600 orders/s from a backlog, and they compete for the same
-interpreter (bench/RESULTS.md).  Each process serves its own HTTP port
+one GIL: order sync and the attributor in one process compete for the same
+interpreter (1,600 orders/s from a backlog on the 2-core benchmark machine, quiet;
+split, 1,084 against 774 in one process while a neighbour loaded both cores: a gain
+unproven on two busy cores; bench/RESULTS.md).  Each process serves its own HTTP port
 (``CPS_HTTP_PORT``): metrics are per process, as Prometheus scrapes them.
 
 SIGTERM or SIGINT stops it gracefully: consumers finish the batch in hand
