@@ -79,12 +79,30 @@ def click_message(buyer: str, ts: int) -> tuple[bytes | None, bytes]:
     return key, value
 
 
-def consumed_orders(process: AttributionProcess) -> float:
+def _metric_sum(process: AttributionProcess, prefix: str, *, containing: str = "") -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{process.port}/metrics", timeout=5) as r:
         text = r.read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("cps_attribution_messages_total{")
-               and f'topic="{ORDERS_TOPIC}"' in line)
+               if line.startswith(prefix) and containing in line)
+
+
+def consumed_orders(process: AttributionProcess) -> float:
+    return _metric_sum(process, "cps_attribution_messages_total{",
+                       containing=f'topic="{ORDERS_TOPIC}"')
+
+
+async def _until_clicks_stored(processes: tuple[AttributionProcess, ...], count: int,
+                               timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    stored = 0.0
+    while time.monotonic() < deadline:
+        stored = sum([await asyncio.to_thread(_metric_sum, process,
+                                              "cps_attribution_clicks_written_total{")
+                      for process in processes])
+        if stored >= count:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{stored:.0f} of {count} clicks stored within {timeout_s} s")
 
 
 async def test_sigkilled_worker_loses_and_duplicates_no_decision(
@@ -101,7 +119,9 @@ async def test_sigkilled_worker_loses_and_duplicates_no_decision(
     try:
         clicks = [click_message(f"buyer-{n}", now - 60_000) for n in range(ORDERS) if n % 3]
         await produce(stack.broker.bootstrap, clicks, topic=CLICKS_TOPIC)
-        await asyncio.sleep(2)  # the persister stores them (lookups would retry otherwise)
+        # The persisters store them first: a lookup that misses would retry on a schedule
+        # too short for a loaded machine and decide `none`.
+        await _until_clicks_stored((first, second), len(clicks))
         orders = [order_message(order(f"o{n}", created=now, buyer=f"buyer-{n}")) if n % 3 else
                   order_message(order(f"o{n}", created=now, shop="s2", fanstype="fan",
                                       channel="live")) for n in range(ORDERS)]
