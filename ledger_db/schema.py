@@ -66,6 +66,27 @@ Billing (written by ``cps-billing run``; see ``billing_batch``):
 ``billing_runs``      one row per run: as-of, status, the resume cursor and the summary
 ``payouts``           what a run pays each participant (the payment provider's file)
 
+Order center outward (issue: pushes, product selection, back-ends):
+
+``merchants``, ``merchant_shops``  who may manage which shops in the merchant back-end
+``api_keys``               API keys of promoters and merchants: only a hash is kept
+                           (``key_hash``), the key is shown once; revocable, several each
+``positions``              a promoter's promotion positions (推广位) on a channel
+``promoter_links``         links a promoter minted through the back-end (the link itself is
+                           stateless and signed; this is the promoter's list of them)
+``products``               the product catalogue (shop, product, category, title, price)
+``channel_prohibited_products`` / ``channel_prohibited_categories``
+                           what a channel's operator does not allow promoted
+``click_counts_daily``     valid clicks per promoter, channel, position and UTC day (the
+                           back-end's chart; the click store has no per-promoter index)
+``webhook_endpoints``      a promoter's or a channel's URL for pushes, active or disabled
+``webhook_secrets``        its signing secrets (several active while rotating), sealed
+``webhook_events``         one row per business event (order status, commission, payout),
+                           deterministic ``event_id``: produced once however often replayed
+``webhook_deliveries``     (event, endpoint): pending -> delivered | dead, per endpoint in
+                           ``id`` order, with the retry schedule's ``next_attempt_at``
+``webhook_attempts``       the delivery log: every attempt, status code, latency, error
+
 Attribution (written by the attribution service):
 
 ``attribution_decisions`` one final decision per order (``contracts.attribution``)
@@ -138,6 +159,11 @@ TRANSFER_FLAGS = ("posted", "pending", "post", "void")
 TRANSFER_CODES = ("freeze", "commission", "settle", "void", "unfreeze", "clawback", "adjust",
                   "payout")
 RUN_STATUSES = ("running", "finished", "failed")
+OWNER_KINDS = ("promoter", "channel")
+KEY_OWNER_KINDS = ("promoter", "merchant")
+ENDPOINT_STATUSES = ("active", "disabled")
+DELIVERY_STATUSES = ("pending", "delivered", "dead")
+PRODUCT_STATUSES = ("listed", "delisted")
 ACCOUNT_LEN = 80
 
 
@@ -511,4 +537,165 @@ payouts = Table(
     Column("transfer_id", Uuid, nullable=False, unique=True),
     _ms("as_of"),
     CheckConstraint("amount > 0", name="amount"),
+)
+
+# -- order center outward ------------------------------------------------------------------
+
+merchants = Table(
+    "merchants", metadata,
+    _id("merchant_id", primary_key=True),
+    Column("name", String(NAME_LEN), nullable=False, server_default=""),
+    _ms("created_at"),
+)
+
+merchant_shops = Table(
+    "merchant_shops", metadata,
+    _id("merchant_id", ForeignKey("merchants.merchant_id"), primary_key=True),
+    _id("shop_id", ForeignKey("shops.shop_id"), primary_key=True, index=True),
+)
+
+api_keys = Table(
+    "api_keys", metadata,
+    _id("key_id", primary_key=True),  # the key's public prefix, shown in listings
+    Column("owner_kind", String(16), nullable=False),
+    _id("owner_id", nullable=False),
+    Column("key_hash", String(128), nullable=False, unique=True),
+    Column("name", String(NAME_LEN), nullable=False, server_default=""),
+    _ms("created_at"),
+    _ms("last_used_at", nullable=True),
+    _ms("revoked_at", nullable=True),
+    CheckConstraint(_one_of("owner_kind", KEY_OWNER_KINDS), name="owner_kind"),
+    Index(None, "owner_kind", "owner_id"),
+)
+
+positions = Table(
+    "positions", metadata,
+    _id("position_id", primary_key=True),
+    _id("promoter_id", ForeignKey("promoters.promoter_id"), nullable=False, index=True),
+    _id("channel_id", ForeignKey("channels.channel_id"), nullable=False),
+    Column("name", String(NAME_LEN), nullable=False, server_default=""),
+    _ms("created_at"),
+)
+
+promoter_links = Table(
+    "promoter_links", metadata,
+    _id("link_id", primary_key=True),
+    _id("promoter_id", nullable=False),
+    _id("channel_id", nullable=False),
+    _id("position_id", nullable=True),
+    _id("shop_id", nullable=True),
+    _id("product_id", nullable=True),
+    Column("target", String(URL_LEN), nullable=False),
+    Column("url", Text, nullable=False),
+    _ms("expires_at"),
+    _ms("created_at"),
+    Index(None, "promoter_id", "created_at"),
+)
+
+products = Table(
+    "products", metadata,
+    _id("shop_id", primary_key=True),
+    _id("product_id", primary_key=True),
+    _id("category_id", nullable=False),
+    Column("title", String(NAME_LEN), nullable=False),
+    Column("price_amount", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False, server_default="listed"),
+    _ms("updated_at"),
+    CheckConstraint(_one_of("status", PRODUCT_STATUSES), name="status"),
+    CheckConstraint("price_amount >= 0", name="price_amount"),
+    Index(None, "category_id"),
+)
+
+channel_prohibited_products = Table(
+    "channel_prohibited_products", metadata,
+    _id("channel_id", primary_key=True),
+    _id("shop_id", primary_key=True),
+    _id("product_id", primary_key=True),
+    _ms("created_at"),
+)
+
+channel_prohibited_categories = Table(
+    "channel_prohibited_categories", metadata,
+    _id("channel_id", primary_key=True),
+    _id("category_id", primary_key=True),
+    _ms("created_at"),
+)
+
+click_counts_daily = Table(
+    "click_counts_daily", metadata,
+    _id("promoter_id", primary_key=True),
+    _id("channel_id", primary_key=True),
+    _id("position_id", primary_key=True),  # '' when the link had none
+    _ms("day", primary_key=True),          # 00:00 UTC of the day, ms
+    Column("clicks", BigInteger, nullable=False, server_default="0"),
+)
+
+webhook_endpoints = Table(
+    "webhook_endpoints", metadata,
+    _id("endpoint_id", primary_key=True),
+    Column("owner_kind", String(16), nullable=False),
+    _id("owner_id", nullable=False),
+    Column("url", String(URL_LEN), nullable=False),
+    Column("status", String(16), nullable=False, server_default="active"),
+    Column("disabled_reason", String(NAME_LEN), nullable=True),
+    _ms("disabled_at", nullable=True),
+    _ms("failing_since", nullable=True),  # first failure of the current failing streak
+    Column("max_in_flight", Integer, nullable=False, server_default="4"),
+    _ms("created_at"),
+    _ms("updated_at"),
+    CheckConstraint(_one_of("owner_kind", OWNER_KINDS), name="owner_kind"),
+    CheckConstraint(_one_of("status", ENDPOINT_STATUSES), name="status"),
+    Index(None, "owner_kind", "owner_id"),
+)
+
+webhook_secrets = Table(
+    "webhook_secrets", metadata,
+    _id("endpoint_id", ForeignKey("webhook_endpoints.endpoint_id"), primary_key=True),
+    _id("secret_id", primary_key=True),
+    Column("secret_sealed", LargeBinary, nullable=False),
+    _ms("created_at"),
+    _ms("expires_at", nullable=True),  # rotation: the old secret signs until then
+)
+
+webhook_events = Table(
+    "webhook_events", metadata,
+    Column("event_id", String(ID_LEN + 16), primary_key=True),
+    Column("event_type", String(64), nullable=False),
+    _id("order_id", nullable=True, index=True),
+    _id("promoter_id", nullable=True),
+    _id("channel_id", nullable=True),
+    Column("payload", Text, nullable=False),  # JSON, personal data masked
+    _ms("occurred_at"),
+    _ms("created_at"),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries", metadata,
+    Column("id", SERIAL, primary_key=True, autoincrement=True),
+    Column("event_id", String(ID_LEN + 16), nullable=False),
+    _id("endpoint_id", nullable=False),
+    Column("status", String(16), nullable=False, server_default="pending"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    _ms("next_attempt_at"),
+    Column("last_status_code", Integer, nullable=True),
+    Column("last_error", String(NAME_LEN), nullable=True),
+    _ms("delivered_at", nullable=True),
+    _ms("dead_at", nullable=True),
+    _ms("created_at"),
+    CheckConstraint(_one_of("status", DELIVERY_STATUSES), name="status"),
+    Index(None, "event_id", "endpoint_id", unique=True),
+    # Per endpoint in order: WHERE endpoint_id = ? AND status = 'pending' ORDER BY id.
+    Index(None, "endpoint_id", "status", "id"),
+    Index(None, "status", "next_attempt_at"),
+)
+
+webhook_attempts = Table(
+    "webhook_attempts", metadata,
+    Column("id", SERIAL, primary_key=True, autoincrement=True),
+    Column("delivery_id", BigInteger, nullable=False, index=True),
+    Column("attempt", Integer, nullable=False),
+    _ms("started_at"),
+    Column("latency_ms", Integer, nullable=False),
+    Column("status_code", Integer, nullable=True),
+    Column("error", String(NAME_LEN), nullable=True),
 )
