@@ -499,6 +499,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
             ax.axhline(60 * r["lines"] / 1_000_000, color="red", linewidth=0.8, linestyle=":",
                        label="60 s per 1M lines")
             ax.legend(loc="upper left")
+        ax.set_ylim(top=max(row["seconds"] for row in rows) * 1.18)  # room for the labels
         ax.set_ylabel("seconds")
         ax.set_title(f"{r['database']}: {r['lines']:,} lines")
         ax.grid(axis="y", alpha=0.3)

@@ -117,7 +117,9 @@ def _lines(conn: Connection, ids: Sequence[str],
            dialect: str) -> dict[str, dict[str, CommissionLine]]:
     table = schema.commission_lines
     out: dict[str, dict[str, CommissionLine]] = {}
-    terms: dict[tuple[Any, ...], FrozenTerms] = {}  # a batch's lines share a few terms
+    terms = _SHARED_TERMS
+    if len(terms) > _SHARED_TERMS_MAX:
+        terms.clear()
     for row in _raw(conn, select(*(table.c[name] for name in LINE_COLUMNS))
                     .where(_in(table.c.order_id, ids, dialect))):
         order_id, item_id, shop_id, mode, status, reason = row[:6]
@@ -135,6 +137,10 @@ LINE_COLUMNS = ("order_id", "item_id", "shop_id", "mode", "status", "reason",
                 *_TERM_COLUMNS, "paid_amount", "accrued_paid_amount", "commission_amount",
                 "version", "paid_at")
 _TERM_MODES = {mode.value: mode for mode in Mode}
+# Lines share few distinct terms (rule, fees, promoter, channel): each is built (and
+# checked) once, not once per line; FrozenTerms is immutable, so sharing it is safe.
+_SHARED_TERMS: dict[tuple[Any, ...], FrozenTerms] = {}
+_SHARED_TERMS_MAX = 100_000
 
 
 def _terms(mode: str, key: Sequence[Any]) -> FrozenTerms:
