@@ -5,7 +5,8 @@ so one order's messages stay on one partition and in order.  Each poll takes up
 to ``batch_max`` records; ``order_store.apply_batch`` applies them in one
 transaction (snapshots merged by the status machine, bad ones dead-lettered
 with their raw bytes), and in that same transaction every order seen for the
-first time is queued for attribution (``pending.enqueue``).  Offsets are
+first time is queued for attribution (``pending.enqueue``), and a status change of an
+attributed order queues its webhook event (``attribution_worker.pushes``).  Offsets are
 committed only after the transaction: a crash replays the batch, which the
 status machine and the queue's primary key make a no-op.  Several processes
 share the partitions; a rebalance at worst replays a batch, harmlessly.
@@ -29,7 +30,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from attribution_worker import metrics, pending
+from attribution_worker import metrics, pending, pushes
 from attribution_worker.order_store import IncomingMessage, Outcome, OutcomeKind, apply_batch
 from contracts.topics import ORDERS_TOPIC
 
@@ -48,6 +49,7 @@ def store_batch(engine: Engine, messages: Sequence[IncomingMessage],
             outcomes = apply_batch(connection, messages, now_ms=now_ms)
             pending.enqueue(connection, [(o.order_id, now_ms) for o in outcomes
                                          if o.created and o.order_id is not None])
+            pushes.emit_status_changes(connection, outcomes)  # webhooks of attributed orders
     return outcomes
 
 

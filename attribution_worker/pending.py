@@ -8,7 +8,9 @@ transaction that stores its decision and queues the decision's outbox message:
     claim_due      (attributor)  due rows, leased: next_attempt_at += lease
     reschedule_many (attributor) no evidence yet: attempts += 1, due at first_seen + delay
     decide_many    (attributor)  attribution_decisions += decision (once: the primary
-                                 key is order_id), outbox += its message, pending -= order
+                                 key is order_id), outbox += its message, pending -= order,
+                                 webhook events of a cps/self_operated order
+                                 (``attribution_worker.pushes``)
 
 A worker that dies holding a lease loses nothing: its rows fall due again when
 the lease (default 60 s) runs out, and another worker decides them; ``decide_many``
@@ -33,6 +35,7 @@ import sqlalchemy
 from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects import postgresql, sqlite
 
+from attribution_worker import pushes
 from contracts.attribution import AttributionDecision
 from contracts.topics import ATTRIBUTIONS_TOPIC
 from ledger_db import outbox, schema
@@ -199,6 +202,7 @@ def decide_many(connection: Connection, decisions: Sequence[AttributionDecision]
     fresh = [d for d in decisions if d.order_id in stored]
     outbox.enqueue_many(connection, [(ATTRIBUTIONS_TOPIC, d.order_id.encode(), d.to_json())
                                      for d in fresh])
+    pushes.emit_decided(connection, fresh)  # webhooks: the order's statuses so far
     return stored
 
 

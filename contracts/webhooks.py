@@ -139,7 +139,7 @@ def order_events(order: OrderSnapshot) -> list[WebhookEvent]:
 
 
 def commission_event(event_type: EventType, *, order_id: str, item_id: str, account: str,
-                     seq: int, amount: int, commission: int, occurred_at_ms: int
+                     seq: int, amount: int, commission: int | None, occurred_at_ms: int
                      ) -> WebhookEvent:
     """One participant's (``promoter:P`` / ``channel:C``) share of one line changed."""
     kind, _, owner = account.partition(":")

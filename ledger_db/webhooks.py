@@ -7,9 +7,10 @@ endpoint of the event's promoter and of its channel, in the order of ``events`` 
 ascend, and the push worker delivers each endpoint's rows in id order).
 
 Cost when nobody subscribes (the common case: a billing run of 2,000 orders a batch
-over promoters without endpoints): ``subscriptions`` is one indexed query on
-``webhook_endpoints`` per batch (``IN`` lists of at most 500 owners), and a writer that
-finds none builds no event at all.  Both inserts are ``ON CONFLICT DO NOTHING`` and a
+over promoters without endpoints): a writer asks ``has_subscribers`` (one indexed
+one-row query per batch) and, with no active endpoint anywhere, builds no event at all;
+otherwise ``subscriptions`` (one query per 500 owners) finds whose endpoints are active
+and only their events are built.  Both inserts are ``ON CONFLICT DO NOTHING`` and a
 delivery is added only for an event whose insert won, so a replayed writer (a batch
 re-run after a crash, a dead letter replayed) stores and pushes each event once.
 """
@@ -118,3 +119,10 @@ def _insert(conn: Connection, table: sqlalchemy.Table) -> postgresql.Insert | sq
     if conn.dialect.name == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
+
+
+def has_subscribers(conn: Connection) -> bool:
+    """Whether any endpoint is active: a writer's first, one-row, indexed question."""
+    table = schema.webhook_endpoints
+    return conn.execute(sqlalchemy.select(table.c.endpoint_id)
+                        .where(table.c.status == "active").limit(1)).first() is not None
