@@ -40,13 +40,14 @@ from billing_batch.ledger import (
     Code,
     Flags,
     LineLedger,
+    OpenPending,
     Transfer,
     account_kind,
-    fold_line,
     frozen_account,
     line_transfer,
     merchant_account,
     participant_account,
+    transfer_id,
 )
 from billing_batch.pools import ParticipantKind
 
@@ -107,6 +108,7 @@ class CommissionLine:
     commission_amount: int
     version: int
     paid_at: int
+    ledger_state: str = "open"  # see ledger_state()
 
 
 class Pricing(Protocol):
@@ -134,6 +136,7 @@ class OrderPlan:
     order_id: str
     new_lines: list[CommissionLine] = field(default_factory=list)
     changed_lines: list[tuple[CommissionLine, int]] = field(default_factory=list)  # line, old v
+    state_changes: list[CommissionLine] = field(default_factory=list)  # ledger_state only
     transfers: list[Transfer] = field(default_factory=list)
     charge: ChargeNeed | None = None
     awaiting_attribution: bool = False
@@ -141,18 +144,21 @@ class OrderPlan:
 
     @property
     def empty(self) -> bool:
-        return not (self.new_lines or self.changed_lines or self.transfers or self.charge)
+        return not (self.new_lines or self.changed_lines or self.state_changes
+                    or self.transfers or self.charge)
 
 
 def plan_order(order: OrderFacts, lines: Mapping[str, CommissionLine],
                ledgers: Mapping[str, LineLedger], pricing: Pricing, schedule: Schedule,
                as_of_ms: int) -> OrderPlan:
+    """``ledgers`` holds the folded transfers of the lines whose ``ledger_state`` is not
+    ``open`` (an open line's ledger is rebuilt from the line: ``open_ledger``)."""
     plan = OrderPlan(order.order_id)
     if order.paid_at is None or order.paid_at >= as_of_ms:
         return plan
-    # A new line's ledger is folded only if settlement looks at it (it rarely does: the
-    # order's charge is requested by this very plan).
-    current: dict[str, tuple[CommissionLine, LineLedger | list[Transfer]]] = {}
+    # A new line's ledger is rebuilt only if settlement looks at it (it rarely does: the
+    # order's charge is requested by this very plan): None until then.
+    current: dict[str, tuple[CommissionLine, LineLedger | None]] = {}
     for item in order.items:
         line = lines.get(item.item_id)
         if line is None:
@@ -162,15 +168,20 @@ def plan_order(order: OrderFacts, lines: Mapping[str, CommissionLine],
             line, transfers = accrue_line(order, item, pricing)
             plan.new_lines.append(line)
             plan.transfers.extend(transfers)
-            current[item.item_id] = (line, transfers)
+            if line.ledger_state == "open":
+                current[item.item_id] = (line, None)
             continue
-        ledger = ledgers.get(item.item_id) or LineLedger()
+        if line.ledger_state == "none":
+            continue
+        ledger = ledgers.get(item.item_id) or (
+            open_ledger(line) if line.ledger_state == "open" else LineLedger())
         if line.status == "accrued" and item.effective_paid < line.accrued_paid_amount:
             changed, transfers = reallocate_line(line, ledger, item.effective_paid)
-            plan.changed_lines.append((changed, line.version))
             ledger = ledger.copy()
             for transfer in transfers:
                 ledger.apply(transfer)
+            changed = replace(changed, ledger_state=ledger_state(changed, ledger))
+            plan.changed_lines.append((changed, line.version))
             plan.transfers.extend(transfers)
             line = changed
         current[item.item_id] = (line, ledger)
@@ -178,8 +189,64 @@ def plan_order(order: OrderFacts, lines: Mapping[str, CommissionLine],
         total = sum(line.commission_amount for line in plan.new_lines)
         if total > 0:
             plan.charge = ChargeNeed(order.order_id, order.shop_id, total)
-    plan.transfers.extend(_settle(order, current.values(), schedule, as_of_ms, plan))
+    settled = _settle(order, current.values(), schedule, as_of_ms, plan)
+    plan.transfers.extend(settled)
+    if settled:
+        _record_states(plan, current, settled)
     return plan
+
+
+def _record_states(plan: OrderPlan,
+                   current: Mapping[str, tuple[CommissionLine, LineLedger | None]],
+                   settled: list[Transfer]) -> None:
+    """The new ``ledger_state`` of every line settlement touched, into the plan."""
+    by_item: dict[str, list[Transfer]] = {}
+    for transfer in settled:
+        by_item.setdefault(transfer.item_id or "", []).append(transfer)
+    new = {id(line): index for index, line in enumerate(plan.new_lines)}
+    changed = {id(line): index for index, (line, _) in enumerate(plan.changed_lines)}
+    for item_id, transfers in by_item.items():
+        line, ledger = current[item_id]
+        after = (ledger or open_ledger(line)).copy()
+        for transfer in transfers:
+            after.apply(transfer)
+        updated = replace(line, ledger_state=ledger_state(line, after))
+        if id(line) in new:
+            plan.new_lines[new[id(line)]] = updated
+        elif id(line) in changed:
+            old_version = plan.changed_lines[changed[id(line)]][1]
+            plan.changed_lines[changed[id(line)]] = (updated, old_version)
+        elif updated.ledger_state != line.ledger_state:
+            plan.state_changes.append(updated)
+
+
+def ledger_state(line: CommissionLine, ledger: LineLedger) -> str:
+    """``open`` when the ledger holds exactly the pendings ``open_ledger(line)`` rebuilds
+    (every share of the line pending at its version, nothing settled), ``partial`` for
+    any other ledger with open pendings, ``settled`` when nothing is pending any more
+    and something was settled, ``none`` when the line never holds money again."""
+    if not ledger.open_pending:
+        return "settled" if ledger.settled_minor else "none"
+    if not ledger.settled_minor and line.terms is not None:
+        rebuilt = open_ledger(line)
+        if rebuilt.open_pending == ledger.open_pending:
+            return "open"
+    return "partial"
+
+
+def open_ledger(line: CommissionLine) -> LineLedger:
+    """The ledger of a line in state ``open``, rebuilt from the line alone: each nonzero
+    share of ``accrued_paid_amount`` pending at ``version``, ids as the planner made them."""
+    ledger = LineLedger(seq=line.version)
+    if line.terms is None:
+        return ledger
+    for account, amount in shares_of(line.terms, line.accrued_paid_amount).items():
+        if amount > 0:
+            ledger.open_pending[account] = OpenPending(
+                transfer_id(line.order_id, line.item_id, account, Code.COMMISSION, line.version),
+                amount, line.version)
+    ledger.frozen_minor = sum(p.amount_minor for p in ledger.open_pending.values())
+    return ledger
 
 
 def accrue_line(order: OrderFacts, item: ItemFacts,
@@ -196,7 +263,8 @@ def accrue_line(order: OrderFacts, item: ItemFacts,
     line = CommissionLine(
         order.order_id, item.item_id, order.shop_id, terms.mode.value,
         "accrued" if total > 0 else "no_commission", "" if total > 0 else "zero commission",
-        terms, item.paid_amount, item.effective_paid, total, 1, order.paid_at)
+        terms, item.paid_amount, item.effective_paid, total, 1, order.paid_at,
+        "open" if total > 0 else "none")
     if total == 0:
         return line, []
     frozen = frozen_account(order.shop_id)
@@ -215,7 +283,7 @@ def _no_commission(order: OrderFacts, item: ItemFacts, mode: str, reason: str) -
     return CommissionLine(order.order_id, item.item_id, order.shop_id,
                           mode if mode in ("cps", "self_operated") else "none", "no_commission",
                           reason, None, item.paid_amount, item.effective_paid, 0, 1,
-                          order.paid_at)
+                          order.paid_at, "none")
 
 
 def shares_of(terms: FrozenTerms, effective_paid_minor: int) -> dict[str, int]:
@@ -276,8 +344,7 @@ def reallocate_line(line: CommissionLine, ledger: LineLedger,
 _KINDS = {kind.value: kind for kind in ParticipantKind}
 
 
-def _settle(order: OrderFacts,
-            lines: Iterable[tuple[CommissionLine, LineLedger | list[Transfer]]],
+def _settle(order: OrderFacts, lines: Iterable[tuple[CommissionLine, LineLedger | None]],
             schedule: Schedule, as_of_ms: int, plan: OrderPlan) -> list[Transfer]:
     if order.charge_status != CHARGED:
         plan.held = f"charge {order.charge_status or 'not requested'}"
@@ -286,8 +353,8 @@ def _settle(order: OrderFacts,
         plan.held = "refund in progress"
         return []
     out: list[Transfer] = []
-    for line, folded in lines:
-        ledger = folded if isinstance(folded, LineLedger) else fold_line(folded)
+    for line, known in lines:
+        ledger = known if known is not None else open_ledger(line)
         frozen = frozen_account(line.shop_id)
         channel_id = line.terms.channel_id if line.terms else None
         for account, pending in sorted(ledger.open_pending.items()):

@@ -266,8 +266,7 @@ def _batches(engine: Engine, options: RunOptions, summary: RunSummary, cursor: s
 
 def _orders_in_scope(engine: Engine, as_of_ms: int, through: str | None = None) -> int:
     orders = schema.orders
-    query = (select(func.count()).select_from(orders)
-             .where(orders.c.paid_at.is_not(None), orders.c.paid_at < as_of_ms))
+    query = select(func.count()).select_from(orders).where(*store.in_scope(as_of_ms))
     if through is not None:
         query = query.where(orders.c.order_id <= through)
     with engine.connect() as conn:
@@ -285,6 +284,8 @@ def write_plans(conn: Connection, plans: list[OrderPlan], *, run_id: str, as_of_
                        run_id=run_id, now_ms=now)
     store.update_lines(conn, [change for plan in plans for change in plan.changed_lines],
                        run_id=run_id, now_ms=now)
+    store.update_states(conn, [line for plan in plans for line in plan.state_changes],
+                        run_id=run_id, now_ms=now)
     store.insert_transfers(conn, transfers, run_id=run_id, as_of_ms=as_of_ms)
     requests = [ChargeRequest(charge_id=charge_id_for(plan.charge.order_id, 1),
                               order_id=plan.charge.order_id, shop_id=plan.charge.shop_id,

@@ -63,7 +63,7 @@ def read_batch(conn: Connection, *, as_of_ms: int, after_order_id: str | None,
     orders_t = schema.orders
     query = (select(orders_t.c.order_id, orders_t.c.shop_id, orders_t.c.status,
                     orders_t.c.paid_at, orders_t.c.received_at, orders_t.c.final_at)
-             .where(orders_t.c.paid_at.is_not(None), orders_t.c.paid_at < as_of_ms)
+             .where(*in_scope(as_of_ms))
              .order_by(orders_t.c.order_id).limit(batch_size))
     if after_order_id is not None:
         query = query.where(orders_t.c.order_id > after_order_id)
@@ -79,12 +79,48 @@ def read_batch(conn: Connection, *, as_of_ms: int, after_order_id: str | None,
             select(schema.billing_charges.c.order_id, schema.billing_charges.c.status)
             .where(_in(schema.billing_charges.c.order_id, ids, dialect)))}
     lines = _lines(conn, ids, dialect)
-    ledgers = _ledgers(conn, [order_id for order_id in ids if order_id in lines], dialect)
+    ledgers = _ledgers(conn, _needing_ledgers(lines, items), dialect)
     orders = [OrderFacts(row.order_id, row.shop_id, row.status, row.paid_at, row.received_at,
                          row.final_at, tuple(items.get(row.order_id, ())),
                          decisions.get(row.order_id), charges.get(row.order_id))
               for row in rows]
     return Batch(orders, lines, ledgers)
+
+
+def in_scope(as_of_ms: int) -> tuple[ColumnElement[bool], ...]:
+    """The orders a run as of ``as_of_ms`` looks at: paid before it, and not done: without
+    commission lines yet (new, or awaiting attribution), with a line still holding pending
+    money (``open``/``partial``), or with a refund not yet re-allocated.  A finished order
+    (every line ``settled`` or ``none``, no new refund) costs a run three index probes."""
+    orders, lines, items = schema.orders, schema.commission_lines, schema.order_items
+    same_order = lines.c.order_id == orders.c.order_id
+    has_lines = select(lines.c.order_id).where(same_order).exists()
+    pending = select(lines.c.order_id).where(
+        same_order, lines.c.ledger_state.in_(("open", "partial"))).exists()
+    refunded = (select(lines.c.order_id)
+                .join(items, and_(items.c.order_id == lines.c.order_id,
+                                  items.c.item_id == lines.c.item_id))
+                .where(same_order, lines.c.status == "accrued",
+                       items.c.paid_amount - items.c.refunded_amount
+                       < lines.c.accrued_paid_amount).exists())
+    return (orders.c.paid_at.is_not(None), orders.c.paid_at < as_of_ms,
+            sqlalchemy.or_(~has_lines, pending, refunded))
+
+
+def _needing_ledgers(lines: Mapping[str, Mapping[str, CommissionLine]],
+                     items: Mapping[str, Sequence[ItemFacts]]) -> list[str]:
+    """Orders with a line whose transfers the plan must read: ``partial`` ones, and
+    ``settled`` ones a refund re-allocates (``open`` ones are rebuilt from the line)."""
+    out = []
+    for order_id, by_item in lines.items():
+        refunded = {item.item_id for item in items.get(order_id, ())
+                    if order_id in lines and item.item_id in by_item
+                    and item.effective_paid < by_item[item.item_id].accrued_paid_amount}
+        if any(line.ledger_state == "partial"
+               or (line.ledger_state == "settled" and line.item_id in refunded)
+               for line in by_item.values()):
+            out.append(order_id)
+    return out
 
 
 def _items(conn: Connection, ids: Sequence[str], dialect: str) -> dict[str, list[ItemFacts]]:
@@ -135,7 +171,7 @@ def _lines(conn: Connection, ids: Sequence[str],
 # Read in this order: the line's identity, the frozen terms (_TERM_COLUMNS), the amounts.
 LINE_COLUMNS = ("order_id", "item_id", "shop_id", "mode", "status", "reason",
                 *_TERM_COLUMNS, "paid_amount", "accrued_paid_amount", "commission_amount",
-                "version", "paid_at")
+                "version", "paid_at", "ledger_state")
 _TERM_MODES = {mode.value: mode for mode in Mode}
 # Lines share few distinct terms (rule, fees, promoter, channel): each is built (and
 # checked) once, not once per line; FrozenTerms is immutable, so sharing it is safe.
@@ -163,7 +199,7 @@ def line_from_row(row: Mapping[Any, Any]) -> CommissionLine:
     return CommissionLine(row["order_id"], row["item_id"], row["shop_id"], row["mode"],
                           row["status"], row["reason"], terms, row["paid_amount"],
                           row["accrued_paid_amount"], row["commission_amount"], row["version"],
-                          row["paid_at"])
+                          row["paid_at"], row["ledger_state"])
 
 
 def _raw(conn: Connection, query: Any) -> Iterable[Sequence[Any]]:
@@ -211,7 +247,8 @@ def line_row(line: CommissionLine, *, run_id: str, now_ms: int) -> dict[str, Any
         "mode": line.mode, "status": line.status, "reason": line.reason,
         "paid_amount": line.paid_amount, "accrued_paid_amount": line.accrued_paid_amount,
         "commission_amount": line.commission_amount, "version": line.version,
-        "paid_at": line.paid_at, "accrued_at": now_ms, "updated_at": now_ms, "run_id": run_id}
+        "paid_at": line.paid_at, "ledger_state": line.ledger_state, "accrued_at": now_ms,
+        "updated_at": now_ms, "run_id": run_id}
     for name in _TERM_COLUMNS:
         row[name] = None
     if terms is not None:
@@ -249,15 +286,53 @@ def update_lines(conn: Connection, changes: Sequence[tuple[CommissionLine, int]]
                              table.c.version == bindparam("b_version")))
                  .values(accrued_paid_amount=bindparam("accrued_paid_amount"),
                          commission_amount=bindparam("commission_amount"),
-                         version=bindparam("version"), updated_at=now_ms, run_id=run_id))
+                         version=bindparam("version"), ledger_state=bindparam("ledger_state"),
+                         updated_at=now_ms, run_id=run_id))
     for line, old_version in changes:
         result = conn.execute(statement, {
             "b_order": line.order_id, "b_item": line.item_id, "b_version": old_version,
             "accrued_paid_amount": line.accrued_paid_amount,
-            "commission_amount": line.commission_amount, "version": line.version})
+            "commission_amount": line.commission_amount, "version": line.version,
+            "ledger_state": line.ledger_state})
         if result.rowcount != 1:
             raise ConcurrentChange(f"commission line {line.order_id}/{line.item_id} is no "
                                    f"longer at version {old_version}")
+
+
+_PG_STATES = (
+    "UPDATE commission_lines AS l SET ledger_state = v.state, updated_at = %(now)s, "
+    "run_id = %(run)s FROM (SELECT unnest(%(orders)s::varchar[]) AS order_id, "
+    "unnest(%(items)s::varchar[]) AS item_id, unnest(%(versions)s::int[]) AS version, "
+    "unnest(%(states)s::varchar[]) AS state) AS v "
+    "WHERE l.order_id = v.order_id AND l.item_id = v.item_id AND l.version = v.version")
+
+
+def update_states(conn: Connection, lines: Sequence[CommissionLine], *, run_id: str,
+                  now_ms: int) -> None:
+    """The new ``ledger_state`` of lines settlement moved: one statement on PostgreSQL
+    (arrays), one executemany on SQLite; under the same version guard as update_lines."""
+    if not lines:
+        return
+    if conn.dialect.name == "postgresql":
+        result = conn.exec_driver_sql(_PG_STATES, {
+            "now": now_ms, "run": run_id, "orders": [line.order_id for line in lines],
+            "items": [line.item_id for line in lines],
+            "versions": [line.version for line in lines],
+            "states": [line.ledger_state for line in lines]})
+        changed = result.rowcount
+    else:
+        table = schema.commission_lines
+        result = conn.execute(
+            table.update().where(and_(table.c.order_id == bindparam("b_order"),
+                                      table.c.item_id == bindparam("b_item"),
+                                      table.c.version == bindparam("b_version")))
+            .values(ledger_state=bindparam("state"), updated_at=now_ms, run_id=run_id),
+            [{"b_order": line.order_id, "b_item": line.item_id, "b_version": line.version,
+              "state": line.ledger_state} for line in lines])
+        changed = result.rowcount
+    if changed != len(lines):
+        raise ConcurrentChange(f"{len(lines) - changed} of {len(lines)} commission lines "
+                               f"changed behind the run's back")
 
 
 def insert_transfers(conn: Connection, transfers: Sequence[Transfer], *, run_id: str,

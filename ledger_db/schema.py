@@ -56,7 +56,8 @@ Billing (written by ``cps-billing run``; see ``billing_batch``):
 
 ``commission_lines``  (order_id, item_id): the terms frozen at payment (rate, its level
                       and rule, fees) and the line's current commission, computed on
-                      ``accrued_paid_amount`` (paid - refunded when last accrued)
+                      ``accrued_paid_amount`` (paid - refunded when last accrued), and the
+                      state of its money in the ledger (``ledger_state``)
 ``billing_charges``   one charge of the merchant per order (pending -> charged | failed)
 ``ledger_accounts``   every account the ledger has moved money through
 ``ledger_transfers``  immutable two-phase transfers (TigerBeetle's model): ``posted``
@@ -151,6 +152,7 @@ RATE_LEVELS = ("targeted_product", "targeted_base", "group_leader", "generic_pro
 FEE_KINDS = ("platform_share", "channel_fee", "fans_share")
 COMMISSION_MODES = ("cps", "self_operated", "none")
 LINE_STATUSES = ("accrued", "no_commission")
+LEDGER_STATES = ("open", "partial", "settled", "none")
 CHARGE_STATUSES = ("pending", "charged", "failed")
 SCHEDULE_MODES = ("delay", "monthly")
 ACCOUNT_KINDS = ("merchant", "frozen", "promoter", "channel", "platform", "group_leader", "fans",
@@ -460,10 +462,15 @@ commission_lines = Table(
     Column("commission_amount", BigInteger, nullable=False),
     Column("version", Integer, nullable=False),
     _ms("paid_at"),
+    # What the ledger holds for the line (billing_batch.plan.ledger_state): "open" = every
+    # share pending as accrued at ``version`` (the run rebuilds it from this row alone),
+    # "partial" (read its transfers), "settled" (nothing pending), "none" (no money).
+    Column("ledger_state", String(8), nullable=False, server_default="open"),
     _ms("accrued_at"),
     _ms("updated_at"),
     Column("run_id", String(ID_LEN), nullable=False),
     CheckConstraint(_one_of("mode", COMMISSION_MODES), name="mode"),
+    CheckConstraint(_one_of("ledger_state", LEDGER_STATES), name="ledger_state"),
     CheckConstraint(_one_of("status", LINE_STATUSES), name="status"),
     CheckConstraint("accrued_paid_amount BETWEEN 0 AND paid_amount", name="accrued_paid"),
     CheckConstraint("commission_amount >= 0", name="commission"),

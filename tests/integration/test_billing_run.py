@@ -212,3 +212,24 @@ def test_a_killed_run_of_another_as_of_is_closed_as_failed(world: BillingWorld) 
     with world.engine.connect() as conn:
         rows = dict(conn.execute(sqlalchemy.select(runs.c.run_id, runs.c.status)).all())
     assert rows == {"2025-12-31.1": "failed", summary.run_id: "finished"}
+
+
+def test_finished_orders_leave_the_run_until_a_refund_brings_them_back(
+        world: BillingWorld) -> None:
+    world.schedule("C1", "promoter", days=7)
+    world.paid_order("O1", [("I1", 10_000), ("I2", 5_000)])
+    world.run(days=1)
+    assert {world.line("O1", item)["ledger_state"] for item in ("I1", "I2")} == {"open"}
+    world.receive("O1")
+    world.charge("O1")
+    world.run(days=9)                                  # the promoter at T+7: partly settled
+    assert world.line("O1", "I1")["ledger_state"] == "partial"
+    world.run(days=17)                                 # everyone else at T+15
+    assert world.line("O1", "I1")["ledger_state"] == "settled"
+    assert world.run(days=18).orders == 0              # nothing left to look at
+    world.refund("O1", "I2", 5_000)
+    back = world.run(days=19)
+    assert back.orders == 1
+    assert back.amounts["clawback"] == 1000
+    assert world.line("O1", "I2")["ledger_state"] == "settled"
+    assert world.reconcile().ok

@@ -104,9 +104,14 @@ def upgrade() -> None:
         sa.Column("commission_amount", sa.BigInteger(), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
         sa.Column("paid_at", sa.BigInteger(), nullable=False),
+        sa.Column("ledger_state", sa.String(length=8), server_default="open", nullable=False),
         sa.Column("accrued_at", sa.BigInteger(), nullable=False),
         sa.Column("updated_at", sa.BigInteger(), nullable=False),
         sa.Column("run_id", sa.String(length=64), nullable=False),
+        sa.CheckConstraint(
+            "ledger_state IN ('open', 'partial', 'settled', 'none')",
+            name=op.f("ck_commission_lines_ledger_state"),
+        ),
         sa.CheckConstraint(
             "mode IN ('cps', 'self_operated', 'none')", name=op.f("ck_commission_lines_mode")
         ),

@@ -43,6 +43,8 @@ from billing_batch.plan import (
     OrderFacts,
     OrderPlan,
     accrue_line,
+    ledger_state,
+    open_ledger,
     plan_order,
     reallocate_line,
     shares_of,
@@ -134,7 +136,15 @@ class InMemoryBooks:
     def plan(self, facts: OrderFacts, pricing: FakePricing, schedule: FakeSchedule,
              as_of_ms: int) -> OrderPlan:
         facts = replace(facts, charge_status=self.charge_status)
-        return plan_order(facts, self.lines, self.ledgers, pricing, schedule, as_of_ms)
+        # Like the store: transfers are read only for an order with a ``partial`` line or a
+        # ``settled`` one a refund re-allocates; ``open`` lines are rebuilt from the line.
+        refunded = {i.item_id for i in facts.items if i.item_id in self.lines
+                    and i.effective_paid < self.lines[i.item_id].accrued_paid_amount}
+        needed = any(line.ledger_state == "partial"
+                     or (line.ledger_state == "settled" and line.item_id in refunded)
+                     for line in self.lines.values())
+        return plan_order(facts, self.lines, self.ledgers if needed else {}, pricing, schedule,
+                          as_of_ms)
 
     def apply(self, plan: OrderPlan) -> None:
         for line in plan.new_lines:
@@ -143,6 +153,10 @@ class InMemoryBooks:
         for line, old_version in plan.changed_lines:
             assert self.lines[line.item_id].version == old_version  # the store's guard
             assert line.version > old_version
+            self.lines[line.item_id] = line
+        for line in plan.state_changes:
+            assert self.lines[line.item_id].version == line.version  # the store's guard
+            assert self.lines[line.item_id].ledger_state != line.ledger_state
             self.lines[line.item_id] = line
         seen = {t.transfer_id for t in self.transfers}
         for transfer in plan.transfers:
@@ -437,6 +451,9 @@ def check_books(books: InMemoryBooks, facts: OrderFacts) -> None:
             continue
         ledger = fold_line(reversed(books.of_line(item_facts.item_id)))
         assert ledger == books.ledgers.get(item_facts.item_id, LineLedger())  # any order
+        assert line.ledger_state == ledger_state(line, ledger)
+        if line.ledger_state == "open":  # the run rebuilds it from the line alone
+            assert open_ledger(line).open_pending == ledger.open_pending
         assert ledger.total_minor() == line.commission_amount
         assert ledger.frozen_minor == sum(p.amount_minor for p in ledger.open_pending.values())
         open_total += ledger.frozen_minor
