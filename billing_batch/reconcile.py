@@ -1,8 +1,15 @@
 """Reconciliation: the orders, the commission lines, the ledger and the payouts agree.
 
-``reconcile(conn, phase)`` runs every check below as one aggregate query each (a full
-scan of ``ledger_transfers`` and ``commission_lines``, no per-row Python) and returns a
-``Report``; ``check`` raises ``ReconciliationFailed`` when a check fails.  A run
+``reconcile(conn, phase)`` runs every check below and returns a ``Report``; ``check``
+raises ``ReconciliationFailed`` when a check fails.  The checks share three passes over
+``ledger_transfers`` (no per-row Python): one GROUP BY (order, item) joined once with
+``commission_lines`` (``lines_vs_ledger``, ``frozen_vs_pending``,
+``settled_uncharged``); one GROUP BY (credit account, debit account, code, flags), a few
+thousand rows from which Python derives every account's balance, payouts and settlements
+(``merchant_balances``, ``payouts``, ``payouts_within_settled``, ``accounts``,
+``trial_balance`` and the totals); and the post and void rows joined with their pendings
+(``resolutions``).  ``tests/integration/test_billing_reconcile.py`` holds the checks'
+first form, one query per check, as the oracle the report must equal on tampered ledgers.  A run
 reconciles before it writes (a failed pre-check stops it before it settles anything)
 and after it has written; ``cps-billing reconcile`` runs the same checks alone and
 exits non-zero on a mismatch.
@@ -38,6 +45,9 @@ import sqlalchemy
 from sqlalchemy import Connection
 
 SAMPLE = 20
+CHECKS = ("lines_vs_ledger", "frozen_vs_pending", "merchant_balances", "resolutions",
+          "settled_uncharged", "orders_vs_lines", "payouts", "payouts_within_settled",
+          "accounts", "trial_balance")
 
 _SHARE = ("SUM(CASE t.code WHEN 'commission' THEN t.amount WHEN 'void' THEN -t.amount "
           "WHEN 'clawback' THEN -t.amount WHEN 'adjust' THEN t.amount ELSE 0 END)")
@@ -45,51 +55,52 @@ _FROZEN = ("SUM(CASE t.code WHEN 'freeze' THEN t.amount WHEN 'unfreeze' THEN -t.
            "ELSE 0 END)")
 _PENDED = ("SUM(CASE t.code WHEN 'commission' THEN t.amount WHEN 'void' THEN -t.amount "
            "ELSE 0 END)")
+_SETTLES = "SUM(CASE t.code WHEN 'settle' THEN 1 ELSE 0 END)"
+_SETTLED = "SUM(CASE t.code WHEN 'settle' THEN t.amount ELSE 0 END)"
+# Pass 1, per order line: one GROUP BY (order, item) of every transfer (payouts and any
+# other transfer without an order fall into the (NULL, NULL) group), joined once with the
+# lines.  Rows: (check, order, amount, count): count is the number of the check's original
+# rows the row stands for (settled_uncharged: one per settle transfer).
 _PER_LINE = f"""
-SELECT l.order_id, l.item_id, l.commission_amount, COALESCE(m.share, 0) AS share,
-       COALESCE(m.frozen, 0) AS frozen, COALESCE(m.pended, 0) AS pended
-FROM commission_lines l
-LEFT JOIN (SELECT t.order_id, t.item_id, {_SHARE} AS share, {_FROZEN} AS frozen,
-                  {_PENDED} AS pended
-           FROM ledger_transfers t WHERE t.order_id IS NOT NULL
-           GROUP BY t.order_id, t.item_id) m
-  ON m.order_id = l.order_id AND m.item_id = l.item_id
-"""  # noqa: S608 (built from constants)
-_QUERIES: dict[str, str] = {
-    "lines_vs_ledger": f"""
-SELECT order_id, commission_amount - share FROM ({_PER_LINE}) x
-WHERE commission_amount <> share
+WITH m AS MATERIALIZED (
+  SELECT t.order_id, t.item_id, {_SHARE} AS share, {_FROZEN} AS frozen, {_PENDED} AS pended,
+         SUM(t.amount) AS total, {_SETTLES} AS settles, {_SETTLED} AS settled
+  FROM ledger_transfers t GROUP BY t.order_id, t.item_id),
+x AS MATERIALIZED (
+  SELECT l.order_id AS line_order_id, m.order_id, l.commission_amount,
+         COALESCE(m.share, 0) AS share, COALESCE(m.frozen, 0) AS frozen,
+         COALESCE(m.pended, 0) AS pended, m.total
+  FROM commission_lines l
+  FULL OUTER JOIN m ON m.order_id = l.order_id AND m.item_id = l.item_id)
+SELECT 'lines_vs_ledger', line_order_id, commission_amount - share, 1 FROM x
+WHERE line_order_id IS NOT NULL AND commission_amount <> share
 UNION ALL
-SELECT t.order_id, -SUM(t.amount) FROM ledger_transfers t
-LEFT JOIN commission_lines l ON l.order_id = t.order_id AND l.item_id = t.item_id
-WHERE t.order_id IS NOT NULL AND l.order_id IS NULL GROUP BY t.order_id""",  # noqa: S608 (built from constants)
-    "frozen_vs_pending": f"""
-SELECT order_id, frozen - pended FROM ({_PER_LINE}) x WHERE frozen <> pended""",  # noqa: S608 (built from constants)
-    "merchant_balances": """
-SELECT l.shop_id, COALESCE(b.balance, 0) + l.total
-FROM (SELECT shop_id, SUM(commission_amount) AS total FROM commission_lines
-      GROUP BY shop_id) l
-LEFT JOIN (SELECT account, SUM(amount) AS balance FROM (
-             SELECT credit_account_id AS account, amount FROM ledger_transfers
-             WHERE flags IN ('posted', 'post')
-             UNION ALL
-             SELECT debit_account_id, -amount FROM ledger_transfers
-             WHERE flags IN ('posted', 'post')) moves
-           WHERE account LIKE 'merchant:%' GROUP BY account) b
-  ON b.account = 'merchant:' || l.shop_id
-WHERE COALESCE(b.balance, 0) + l.total <> 0""",
-    "resolutions": """
+SELECT 'lines_vs_ledger', order_id, -SUM(total), 1 FROM x
+WHERE line_order_id IS NULL AND order_id IS NOT NULL GROUP BY order_id
+UNION ALL
+SELECT 'frozen_vs_pending', line_order_id, frozen - pended, 1 FROM x
+WHERE line_order_id IS NOT NULL AND frozen <> pended
+UNION ALL
+SELECT 'settled_uncharged', m.order_id, m.settled, m.settles FROM m
+LEFT JOIN billing_charges c ON c.order_id = m.order_id
+WHERE m.settles > 0 AND (c.status IS NULL OR c.status <> 'charged')
+"""  # noqa: S608 (built from constants)
+# Pass 2, per account: one GROUP BY of every transfer by (credit, debit, code, flags): a
+# few thousand rows however long the ledger (the accounts are few), from which Python
+# derives each account's posted balance, payouts and settlements and the totals.
+_MOVES = """
+SELECT credit_account_id, debit_account_id, code, flags, SUM(amount) FROM ledger_transfers
+GROUP BY credit_account_id, debit_account_id, code, flags"""
+# Pass 3, the resolutions: the post and void rows only, each against its pending through
+# the primary key.
+_RESOLUTIONS = """
 SELECT r.order_id, r.amount FROM ledger_transfers r
 LEFT JOIN ledger_transfers p ON p.transfer_id = r.pending_id
 WHERE r.pending_id IS NOT NULL
   AND (p.transfer_id IS NULL OR p.flags <> 'pending' OR p.amount <> r.amount
        OR p.debit_account_id <> r.debit_account_id
-       OR p.credit_account_id <> r.credit_account_id)""",
-    "settled_uncharged": """
-SELECT t.order_id, t.amount FROM ledger_transfers t
-LEFT JOIN billing_charges c ON c.order_id = t.order_id
-WHERE t.code = 'settle' AND (c.status IS NULL OR c.status <> 'charged')""",
-    "orders_vs_lines": """
+       OR p.credit_account_id <> r.credit_account_id)"""
+_ORDERS_VS_LINES = """
 SELECT l.order_id, l.paid_amount - COALESCE(i.paid_amount, 0) FROM commission_lines l
 LEFT JOIN order_items i ON i.order_id = l.order_id AND i.item_id = l.item_id
 LEFT JOIN orders o ON o.order_id = l.order_id
@@ -97,46 +108,21 @@ WHERE i.order_id IS NULL OR i.paid_amount <> l.paid_amount
    OR l.accrued_paid_amount < i.paid_amount - i.refunded_amount
    OR (:after AND l.status = 'accrued' AND o.updated_at < :started_ms
        AND o.paid_at < :as_of_ms
-       AND l.accrued_paid_amount <> i.paid_amount - i.refunded_amount)""",
-    "payouts": """
-SELECT COALESCE(p.account_id, t.account_id), COALESCE(p.total, 0) - COALESCE(t.total, 0)
-FROM (SELECT account_id, SUM(amount) AS total FROM payouts GROUP BY account_id) p
-FULL OUTER JOIN (SELECT debit_account_id AS account_id, SUM(amount) AS total
-                 FROM ledger_transfers WHERE code = 'payout' GROUP BY debit_account_id) t
-  ON t.account_id = p.account_id
-WHERE COALESCE(p.total, 0) <> COALESCE(t.total, 0)""",
-    "payouts_within_settled": """
-SELECT account, SUM(paid) - SUM(earned) FROM (
-  SELECT debit_account_id AS account, SUM(amount) AS paid, 0 AS earned
-  FROM ledger_transfers WHERE code = 'payout' GROUP BY debit_account_id
-  UNION ALL
-  SELECT credit_account_id, 0, SUM(amount) FROM ledger_transfers
-  WHERE code IN ('settle', 'adjust') GROUP BY credit_account_id) moves
-GROUP BY account HAVING SUM(paid) > SUM(earned)""",
-    "accounts": """
-SELECT m.account, 0 FROM (SELECT debit_account_id AS account FROM ledger_transfers
-                          UNION SELECT credit_account_id FROM ledger_transfers) m
-LEFT JOIN ledger_accounts a ON a.account_id = m.account WHERE a.account_id IS NULL""",
-    "trial_balance": """
-SELECT 'every account', SUM(balance) FROM (
-  SELECT account, SUM(amount) AS balance FROM (
-    SELECT credit_account_id AS account, amount FROM ledger_transfers
-    WHERE flags IN ('posted', 'post')
-    UNION ALL
-    SELECT debit_account_id, -amount FROM ledger_transfers
-    WHERE flags IN ('posted', 'post')) moves GROUP BY account) balances
-HAVING SUM(balance) <> 0""",
-}
-_TOTALS = """
-SELECT
-  (SELECT COALESCE(SUM(commission_amount), 0) FROM commission_lines) AS accrued,
-  COALESCE(SUM(CASE code WHEN 'commission' THEN amount WHEN 'void' THEN -amount
-                         WHEN 'settle' THEN -amount ELSE 0 END), 0) AS pending,
-  COALESCE(SUM(CASE code WHEN 'settle' THEN amount ELSE 0 END), 0) AS settled,
-  COALESCE(SUM(CASE code WHEN 'clawback' THEN amount WHEN 'adjust' THEN -amount
-                         ELSE 0 END), 0) AS reversed,
-  COALESCE(SUM(CASE code WHEN 'payout' THEN amount ELSE 0 END), 0) AS paid_out
-FROM ledger_transfers"""
+       AND l.accrued_paid_amount <> i.paid_amount - i.refunded_amount)"""
+# The per-line pass's hash aggregate: with PostgreSQL's default 4 MB it spilled 100,000
+# lines (~350 bytes each) to disk in 21 batches, about half its time; 64 MB (x
+# hash_mem_multiplier, 2 by default) holds some 350,000 lines, and spills far fewer
+# batches beyond.  The resolutions' hash join of the pendings gains too.  Raised for these
+# two passes only, in their transaction, and restored after them.
+_WORK_MEM_KB = 65_536
+_SHOPS = "SELECT shop_id, SUM(commission_amount) FROM commission_lines GROUP BY shop_id"
+_POSTED = frozenset(("posted", "post"))
+_TOTALS: dict[str, tuple[tuple[str, int], ...]] = {   # code -> (total, sign)
+    "commission": (("pending", 1),), "void": (("pending", -1),),
+    "settle": (("pending", -1), ("settled", 1)), "clawback": (("reversed", 1),),
+    "adjust": (("reversed", -1),), "payout": (("paid_out", 1),)}
+_PAYOUTS = "SELECT account_id, SUM(amount) FROM payouts GROUP BY account_id"
+_REGISTERED = "SELECT account_id FROM ledger_accounts"
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,33 +172,99 @@ def reconcile(conn: Connection, phase: str = "check", *, started_ms: int = 0,
               as_of_ms: int = 0) -> Report:
     """``phase="after"`` with the run's start (wall clock) and as-of adds the check that
     the run left no refund unprocessed (see ``orders_vs_lines``)."""
-    report = Report(phase, checks=tuple(_QUERIES))
+    report = Report(phase, checks=CHECKS)
     params = {"after": phase == "after", "started_ms": started_ms, "as_of_ms": as_of_ms}
     dialect = conn.dialect.name
-    for name, query in _QUERIES.items():
-        if name == "payouts" and dialect == "sqlite":
-            query = _sqlite_full_join(query)
-        rows = conn.execute(sqlalchemy.text(query), params).all()
+    if dialect == "sqlite":
+        _sqlite_full_join()
+    found: dict[str, list[tuple[Any, int, int]]] = {name: [] for name in CHECKS}
+
+    def run(query: str, **bind: Any) -> list[Any]:
+        return list(conn.execute(sqlalchemy.text(query), bind).all())
+
+    restore = _raise_work_mem(conn) if dialect == "postgresql" else None
+    for name, key, amount, count in run(_PER_LINE):
+        found[name].append((key, int(amount or 0), int(count)))
+    found["resolutions"] = [(key, int(amount or 0), 1) for key, amount in run(_RESOLUTIONS)]
+    if restore is not None:  # (a failed query aborts the transaction, which restores it)
+        run("SELECT set_config('work_mem', :value, true)", value=restore)
+    found["orders_vs_lines"] = [(key, int(amount or 0), 1)
+                                for key, amount in run(_ORDERS_VS_LINES, **params)]
+
+    balance: dict[str, int] = {}
+    paid: dict[str, int] = {}      # payouts debited
+    earned: dict[str, int] = {}    # settlements and adjustments credited
+    totals = dict.fromkeys(("pending", "settled", "reversed", "paid_out"), 0)
+    for credit, debit, code, flags, total in run(_MOVES):
+        amount = int(total)
+        if flags in _POSTED:
+            balance[credit] = balance.get(credit, 0) + amount
+            balance[debit] = balance.get(debit, 0) - amount
+        else:
+            balance.setdefault(credit, 0)
+            balance.setdefault(debit, 0)
+        if code == "payout":
+            paid[debit] = paid.get(debit, 0) + amount
+        elif code in ("settle", "adjust"):
+            earned[credit] = earned.get(credit, 0) + amount
+        for key, sign in _TOTALS.get(code, ()):
+            totals[key] += sign * amount
+    named = set(balance)
+
+    shops = {str(shop): int(total) for shop, total in run(_SHOPS)}
+    found["merchant_balances"] = [
+        (shop, balance.get(f"merchant:{shop}", 0) + total, 1) for shop, total in shops.items()
+        if balance.get(f"merchant:{shop}", 0) + total != 0]
+    # payouts: the payouts table against the payout transfers (accounts debited by one).
+    recorded = {str(account): int(total) for account, total in run(_PAYOUTS)}
+    transferred = {account: total for account, total in paid.items() if total}
+    found["payouts"] = [
+        (account, recorded.get(account, 0) - transferred.get(account, 0), 1)
+        for account in sorted(recorded.keys() | transferred.keys())
+        if recorded.get(account, 0) != transferred.get(account, 0)]
+    found["payouts_within_settled"] = [
+        (account, paid.get(account, 0) - earned.get(account, 0), 1)
+        for account in sorted(named) if paid.get(account, 0) > earned.get(account, 0)]
+    registered = {str(account) for (account,) in run(_REGISTERED)}
+    found["accounts"] = [(account, 0, 1) for account in sorted(named - registered)]
+    trial = sum(balance.values())
+    found["trial_balance"] = [("every account", trial, 1)] if trial else []
+
+    for name in CHECKS:
+        rows = found[name]
         if rows:
-            report.findings.append(Finding(name, len(rows), sum(int(r[1] or 0) for r in rows),
-                                           tuple(str(r[0]) for r in rows[:SAMPLE])))
-    row = conn.execute(sqlalchemy.text(_TOTALS)).one()
-    report.totals = {key: int(value) for key, value in row._mapping.items()}
-    totals = report.totals
-    if totals["pending"] + totals["settled"] - totals["reversed"] != totals["accrued"]:
+            sample = [str(key) for key, _, count in rows[:SAMPLE] for _ in range(count)]
+            report.findings.append(Finding(name, sum(count for _, _, count in rows),
+                                           sum(amount for _, amount, _ in rows),
+                                           tuple(sample[:SAMPLE])))
+    report.totals = {"accrued": sum(shops.values()), **totals}
+    if totals["pending"] + totals["settled"] - totals["reversed"] != report.totals["accrued"]:
         report.findings.append(Finding(
-            "totals", 1, totals["accrued"] - totals["pending"] - totals["settled"]
+            "totals", 1, report.totals["accrued"] - totals["pending"] - totals["settled"]
             + totals["reversed"], ("pending + settled - reversed != accrued",)))
     return report
 
 
-def _sqlite_full_join(query: str) -> str:
-    # SQLite >= 3.39 has FULL OUTER JOIN; older ones do not: a LEFT JOIN both ways.
+def _raise_work_mem(conn: Connection) -> str | None:
+    """Give the per-line and resolution passes (hash tables of every line, of every
+    pending) ``_WORK_MEM_KB`` in this transaction if the session has less; the previous
+    value, to restore, or None."""
+    current, kb = conn.execute(sqlalchemy.text(
+        "SELECT current_setting('work_mem'), setting::bigint FROM pg_settings "
+        "WHERE name = 'work_mem'")).one()
+    if int(kb) >= _WORK_MEM_KB:
+        return None
+    conn.execute(sqlalchemy.text("SELECT set_config('work_mem', :value, true)"),
+                 {"value": f"{_WORK_MEM_KB}kB"})
+    return str(current)
+
+
+def _sqlite_full_join() -> None:
+    # SQLite >= 3.39 has FULL OUTER JOIN (and >= 3.35 MATERIALIZED); older ones do not.
     import sqlite3
 
-    if sqlite3.sqlite_version_info >= (3, 39):
-        return query
-    raise RuntimeError(f"SQLite {sqlite3.sqlite_version} is too old (3.39 needed)")
+    if sqlite3.sqlite_version_info < (3, 39):
+        raise RuntimeError(f"SQLite {sqlite3.sqlite_version} is too old (3.39 needed)")
 
 
 def check(conn: Connection, phase: str, *, started_ms: int = 0, as_of_ms: int = 0) -> Report:
