@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -234,34 +234,54 @@ def _day(at_ms: int) -> str:
 
 def _batches(engine: Engine, options: RunOptions, summary: RunSummary, cursor: str | None,
              pricing: BookPricing, schedule: ScheduleRules, progress: Progress | None) -> None:
+    """Every order in scope after ``cursor`` in keyset batches (the cursor moves with each
+    commit), then the finished orders a refund has reached since (``refunded_settled_orders``)."""
     total = _orders_in_scope(engine, options.as_of_ms)
     done = 0 if cursor is None else _orders_in_scope(engine, options.as_of_ms, cursor)
     while True:
-        with engine.connect() as conn:
-            conn.execution_options(ledger_begin="IMMEDIATE")
-            with conn.begin() as transaction:
-                batch = store.read_batch(conn, as_of_ms=options.as_of_ms,
-                                         after_order_id=cursor, batch_size=options.batch_size)
-                if not batch.orders:
-                    transaction.rollback()
-                    return
-                plans = [plan_order(order, batch.lines.get(order.order_id, {}),
-                                    batch.ledgers.get(order.order_id, {}), pricing, schedule,
-                                    options.as_of_ms) for order in batch.orders]
-                cursor = batch.last_order_id
-                if options.dry_run:
-                    transaction.rollback()
-                else:
-                    write_plans(conn, plans, run_id=summary.run_id, as_of_ms=options.as_of_ms)
-                    _move_cursor(conn, summary.run_id, cursor)
-        for plan in plans:
-            summary.add_plan(plan)
-        summary.batches += 1
+        batch = _one_batch(engine, options, summary, pricing, schedule, after=cursor)
+        if batch is None:
+            break
+        cursor = batch.last_order_id
         done += len(batch.orders)
         if progress is not None:
             progress("orders", done, total)
-        if options.pause_s > 0:
-            time.sleep(options.pause_s)
+    with engine.connect() as conn:
+        refunded = store.refunded_settled_orders(conn, options.as_of_ms)
+    for start in range(0, len(refunded), options.batch_size):
+        _one_batch(engine, options, summary, pricing, schedule,
+                   order_ids=refunded[start:start + options.batch_size])
+        if progress is not None:
+            progress("refunds", min(start + options.batch_size, len(refunded)), len(refunded))
+
+
+def _one_batch(engine: Engine, options: RunOptions, summary: RunSummary, pricing: BookPricing,
+               schedule: ScheduleRules, *, after: str | None = None,
+               order_ids: Sequence[str] | None = None) -> store.Batch | None:
+    """Read, plan and write one batch in one transaction (None: nothing left to read)."""
+    with engine.connect() as conn:
+        conn.execution_options(ledger_begin="IMMEDIATE")
+        with conn.begin() as transaction:
+            batch = store.read_batch(conn, as_of_ms=options.as_of_ms, after_order_id=after,
+                                     batch_size=options.batch_size, order_ids=order_ids)
+            if not batch.orders:
+                transaction.rollback()
+                return None
+            plans = [plan_order(order, batch.lines.get(order.order_id, {}),
+                                batch.ledgers.get(order.order_id, {}), pricing, schedule,
+                                options.as_of_ms) for order in batch.orders]
+            if options.dry_run:
+                transaction.rollback()
+            else:
+                write_plans(conn, plans, run_id=summary.run_id, as_of_ms=options.as_of_ms)
+                if order_ids is None:
+                    _move_cursor(conn, summary.run_id, batch.last_order_id)
+    for plan in plans:
+        summary.add_plan(plan)
+    summary.batches += 1
+    if options.pause_s > 0:
+        time.sleep(options.pause_s)
+    return batch
 
 
 def _orders_in_scope(engine: Engine, as_of_ms: int, through: str | None = None) -> int:

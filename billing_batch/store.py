@@ -59,15 +59,19 @@ def _in(column: Any, ids: Sequence[str], dialect: str) -> ColumnElement[bool]:
 
 
 def read_batch(conn: Connection, *, as_of_ms: int, after_order_id: str | None,
-               batch_size: int) -> Batch:
+               batch_size: int, order_ids: Sequence[str] | None = None) -> Batch:
+    """The next ``batch_size`` orders in scope after ``after_order_id``, or exactly the
+    orders ``order_ids`` (the refunded ones a run takes up at its end)."""
     orders_t = schema.orders
-    query = (select(orders_t.c.order_id, orders_t.c.shop_id, orders_t.c.status,
-                    orders_t.c.paid_at, orders_t.c.received_at, orders_t.c.final_at)
-             .where(*in_scope(as_of_ms))
-             .order_by(orders_t.c.order_id).limit(batch_size))
-    if after_order_id is not None:
-        query = query.where(orders_t.c.order_id > after_order_id)
-    rows = conn.execute(query).all()
+    query = select(orders_t.c.order_id, orders_t.c.shop_id, orders_t.c.status,
+                   orders_t.c.paid_at, orders_t.c.received_at, orders_t.c.final_at)
+    if order_ids is not None:
+        query = query.where(_in(orders_t.c.order_id, order_ids, conn.dialect.name))
+    else:
+        query = query.where(*in_scope(as_of_ms))
+        if after_order_id is not None:
+            query = query.where(orders_t.c.order_id > after_order_id)
+    rows = conn.execute(query.order_by(orders_t.c.order_id).limit(batch_size)).all()
     if not rows:
         return Batch([], {}, {})
     ids = [row.order_id for row in rows]
@@ -88,23 +92,32 @@ def read_batch(conn: Connection, *, as_of_ms: int, after_order_id: str | None,
 
 
 def in_scope(as_of_ms: int) -> tuple[ColumnElement[bool], ...]:
-    """The orders a run as of ``as_of_ms`` looks at: paid before it, and not done: without
-    commission lines yet (new, or awaiting attribution), with a line still holding pending
-    money (``open``/``partial``), or with a refund not yet re-allocated.  A finished order
-    (every line ``settled`` or ``none``, no new refund) costs a run three index probes."""
-    orders, lines, items = schema.orders, schema.commission_lines, schema.order_items
+    """The orders a run as of ``as_of_ms`` walks through: paid before it and not done:
+    without commission lines yet (new, or awaiting attribution) or with a line still
+    holding pending money (``open``/``partial``).  A finished order costs two index probes;
+    one refunded after it finished comes back through ``refunded_settled_orders``."""
+    orders, lines = schema.orders, schema.commission_lines
     same_order = lines.c.order_id == orders.c.order_id
     has_lines = select(lines.c.order_id).where(same_order).exists()
     pending = select(lines.c.order_id).where(
         same_order, lines.c.ledger_state.in_(("open", "partial"))).exists()
-    refunded = (select(lines.c.order_id)
-                .join(items, and_(items.c.order_id == lines.c.order_id,
-                                  items.c.item_id == lines.c.item_id))
-                .where(same_order, lines.c.status == "accrued",
-                       items.c.paid_amount - items.c.refunded_amount
-                       < lines.c.accrued_paid_amount).exists())
     return (orders.c.paid_at.is_not(None), orders.c.paid_at < as_of_ms,
-            sqlalchemy.or_(~has_lines, pending, refunded))
+            sqlalchemy.or_(~has_lines, pending))
+
+
+def refunded_settled_orders(conn: Connection, as_of_ms: int) -> list[str]:
+    """Orders whose lines were all settled and that a refund has reached since: one join
+    of the settled lines with their items per run (not per batch), usually few rows."""
+    orders, lines, items = schema.orders, schema.commission_lines, schema.order_items
+    query = (select(lines.c.order_id).distinct()
+             .join(items, and_(items.c.order_id == lines.c.order_id,
+                               items.c.item_id == lines.c.item_id))
+             .join(orders, orders.c.order_id == lines.c.order_id)
+             .where(lines.c.status == "accrued", lines.c.ledger_state == "settled",
+                    items.c.paid_amount - items.c.refunded_amount < lines.c.accrued_paid_amount,
+                    orders.c.paid_at < as_of_ms)
+             .order_by(lines.c.order_id))
+    return list(conn.execute(query).scalars())
 
 
 def _needing_ledgers(lines: Mapping[str, Mapping[str, CommissionLine]],
