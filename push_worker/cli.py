@@ -122,8 +122,7 @@ def _serve(args: argparse.Namespace) -> int:
             metrics.REGISTRY.register(metrics.LedgerCollector(engine))
             prometheus_client.start_http_server(settings.push_metrics_port,
                                                 registry=metrics.REGISTRY)
-        transport = HttpTransport(timeout_s=settings.push_timeout_s,
-                                  max_connections=settings.push_max_in_flight)
+        transport = HttpTransport(timeout_s=settings.push_timeout_s)
         worker = PushWorker(engine, transport,
                             endpoints.SecretSealer(settings.push_secret_keys), settings)
         return uvloop.run(worker.serve())
