@@ -16,6 +16,8 @@ A run is a sequence of small transactions, never one big one:
 5. payouts: every participant account with a positive posted balance is paid out in
    batches of accounts (``payout`` transfers and ``payouts`` rows, ids from run and
    account); a negative balance (a clawback larger than what was owed) is carried;
+   batches and payouts queue their webhook events in their transaction
+   (``billing_batch.pushes``: one one-row query per batch when nobody subscribes);
 6. reconcile again, record the summary and close the run.
 
 Rerunning a finished as-of opens a new run that finds nothing to do; a crash anywhere
@@ -35,7 +37,7 @@ from typing import Any
 import sqlalchemy
 from sqlalchemy import Connection, Engine, func, select
 
-from billing_batch import charges, master_data, reconcile, store
+from billing_batch import charges, master_data, pushes, reconcile, store
 from billing_batch.commission import Decision, FrozenTerms, freeze_terms
 from billing_batch.ledger import PAYOUT_ACCOUNT, Code, Flags, Transfer, payout_transfer_id
 from billing_batch.plan import ItemFacts, OrderFacts, OrderPlan, plan_order
@@ -307,6 +309,7 @@ def write_plans(conn: Connection, plans: list[OrderPlan], *, run_id: str, as_of_
     store.update_states(conn, [line for plan in plans for line in plan.state_changes],
                         run_id=run_id, now_ms=now)
     store.insert_transfers(conn, transfers, run_id=run_id, as_of_ms=as_of_ms)
+    pushes.emit_transfers(conn, transfers, now)  # webhooks: commission.*, if subscribed
     requests = [ChargeRequest(charge_id=charge_id_for(plan.charge.order_id, 1),
                               order_id=plan.charge.order_id, shop_id=plan.charge.shop_id,
                               amount_minor=plan.charge.amount_minor, requested_at=now,
@@ -345,6 +348,7 @@ def pay_out(engine: Engine, summary: RunSummary, options: RunOptions,
                      "run_id": summary.run_id, "account_id": t.debit_account_id,
                      "amount": t.amount_minor, "transfer_id": t.transfer_id,
                      "as_of": options.as_of_ms} for t in transfers])
+                pushes.emit_payouts(conn, summary.run_id, chunk, _now_ms())
         summary.payouts += len(chunk)
         summary.payout_minor += sum(amount for _, amount in chunk)
         if progress is not None:
