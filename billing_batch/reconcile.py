@@ -70,8 +70,9 @@ x AS MATERIALIZED (
   SELECT l.order_id AS line_order_id, m.order_id, l.commission_amount,
          COALESCE(m.share, 0) AS share, COALESCE(m.frozen, 0) AS frozen,
          COALESCE(m.pended, 0) AS pended, m.total
-  FROM commission_lines l
-  FULL OUTER JOIN m ON m.order_id = l.order_id AND m.item_id = l.item_id)
+  FROM m  -- first: SQLite then looks each group's line up by its primary key (the other
+           -- way round it scans m for every line)
+  FULL OUTER JOIN commission_lines l ON l.order_id = m.order_id AND l.item_id = m.item_id)
 SELECT 'lines_vs_ledger', line_order_id, commission_amount - share, 1 FROM x
 WHERE line_order_id IS NOT NULL AND commission_amount <> share
 UNION ALL
