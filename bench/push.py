@@ -148,6 +148,14 @@ def _trickle(engine: Engine, phase: str, owners: list[str], rate: int, seconds: 
     return sent
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (load-independent accounting)."""
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
@@ -187,9 +195,12 @@ def _phases(url: str, port: int, *, events: int, endpoint_count: int, rate: int,
         _enqueue(engine, _events("A", owner, 0, per_owner))
     worker = _worker(url)
     try:
+        cpu_start = _cpu_s(worker.pid)
         done = _wait_all(engine, "A", None, timeout_s=600)
+        cpu_s = _cpu_s(worker.pid) - cpu_start
         span_s = (max(t for _, t in done) - min(t for _, t in done)) / 1000
-        throughput = {"events": len(done), "seconds": span_s, "per_s": len(done) / span_s}
+        throughput = {"events": len(done), "seconds": span_s, "per_s": len(done) / span_s,
+                      "worker_cpu_s": cpu_s, "per_cpu_s": len(done) / cpu_s if cpu_s else 0}
         print(f"throughput: {throughput}", file=sys.stderr)
         phases = {}
         for phase, hang_owner in (("B", None), ("C", "p-hang")):
@@ -225,6 +236,8 @@ def render(results: dict[str, Any], command: str) -> str:
         "|---|---:|---:|---:|---:|---:|---:|",
         f"| throughput ({r['endpoints']} endpoints, queued before start) | {t['events']:,} | "
         f"{t['seconds']:.2f} | **{t['per_s']:,.0f}** | - | - | - |",
+        f"| (worker CPU: {t['worker_cpu_s']:.1f} s, i.e. {t['per_cpu_s']:,.0f} events per "
+        "CPU-second) | | | | | | |",
         f"| latency, {r['rate']}/s for {r['seconds']:g} s, no hanging endpoint | "
         f"{b['events']:,} | - | - | {b['p50_ms']:.0f} | {b['p99_ms']:.0f} | "
         f"{b['max_ms']:.0f} |",
