@@ -222,3 +222,26 @@ def test_no_subscriber_no_rows_and_replayed_writers_store_once(db: Engine) -> No
         stored = conn.execute(sqlalchemy.select(sqlalchemy.func.count())
                               .select_from(schema.webhook_events)).scalar_one()
     assert stored == 4
+
+
+def test_two_workers_share_the_endpoints_and_keep_each_in_order(
+        db: Engine, receivers: list[Receiver]) -> None:
+    receiver = _receiver(receivers, "slow", delay_s=0.005)
+    events = []
+    for owner in ("p-1", "p-2", "p-3"):
+        add_endpoint(db, owner, receiver.url)
+        events += events_for(owner, 40)
+    enqueue(db, events)
+    workers = [WorkerThread(db, push_claim_max=4), WorkerThread(db, push_claim_max=4)]
+    try:
+        wait_for(lambda: delivery_states(db) == {"delivered": 120}, timeout_s=60,
+                 what="every delivery")
+    finally:
+        for worker in workers:
+            worker.stop()
+    arrived = receiver.ids(None)
+    assert sorted(arrived) == sorted(e.event_id for e in events)  # each once
+    for owner in ("p-1", "p-2", "p-3"):
+        mine = [e.event_id for e in events if e.promoter_id == owner]
+        assert [i for i in arrived if i in set(mine)] == mine
+    assert sum(w.worker.delivered for w in workers) == 120  # none delivered twice
