@@ -31,7 +31,7 @@ nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -189,7 +189,7 @@ def plan_order(order: OrderFacts, lines: Mapping[str, CommissionLine],
         total = sum(line.commission_amount for line in plan.new_lines)
         if total > 0:
             plan.charge = ChargeNeed(order.order_id, order.shop_id, total)
-    settled = _settle(order, current.values(), schedule, as_of_ms, plan)
+    settled = _settle(order, current, schedule, as_of_ms, plan)
     plan.transfers.extend(settled)
     if settled:
         _record_states(plan, current, settled)
@@ -207,7 +207,8 @@ def _record_states(plan: OrderPlan,
     changed = {id(line): index for index, (line, _) in enumerate(plan.changed_lines)}
     for item_id, transfers in by_item.items():
         line, ledger = current[item_id]
-        after = (ledger or open_ledger(line)).copy()
+        assert ledger is not None  # _settle rebuilt it
+        after = ledger.copy()
         for transfer in transfers:
             after.apply(transfer)
         updated = replace(line, ledger_state=ledger_state(line, after))
@@ -344,8 +345,9 @@ def reallocate_line(line: CommissionLine, ledger: LineLedger,
 _KINDS = {kind.value: kind for kind in ParticipantKind}
 
 
-def _settle(order: OrderFacts, lines: Iterable[tuple[CommissionLine, LineLedger | None]],
+def _settle(order: OrderFacts, lines: dict[str, tuple[CommissionLine, LineLedger | None]],
             schedule: Schedule, as_of_ms: int, plan: OrderPlan) -> list[Transfer]:
+    """The settle posts due now; a line's ledger rebuilt on the way is kept in ``lines``."""
     if order.charge_status != CHARGED:
         plan.held = f"charge {order.charge_status or 'not requested'}"
         return []
@@ -353,8 +355,9 @@ def _settle(order: OrderFacts, lines: Iterable[tuple[CommissionLine, LineLedger 
         plan.held = "refund in progress"
         return []
     out: list[Transfer] = []
-    for line, known in lines:
+    for item_id, (line, known) in lines.items():
         ledger = known if known is not None else open_ledger(line)
+        lines[item_id] = (line, ledger)
         frozen = frozen_account(line.shop_id)
         channel_id = line.terms.channel_id if line.terms else None
         for account, pending in sorted(ledger.open_pending.items()):
