@@ -32,7 +32,8 @@ the commit to the caller (so the attributor can enqueue in the same transaction)
 an ``Engine`` it commits itself (on SQLite with ``BEGIN IMMEDIATE``: it reads, then writes).
 
 ``replay_dead_letters(engine, ids)`` re-runs stored raw bytes through the same path
-(after the master data was fixed) and records ``replayed_at``, ``replay_result`` and
+(after the master data was fixed; an attributed order's status change queues its webhook
+event, as in order sync) and records ``replayed_at``, ``replay_result`` and
 ``replay_reason`` on each dead letter instead of dead-lettering it again.
 """
 
@@ -481,6 +482,7 @@ class ReplayResult:
 
 def replay_dead_letters(engine: Engine, ids: Sequence[int] | None = None, *,
                         now_ms: int | None = None) -> list[ReplayResult]:
+    from attribution_worker import pushes  # it reads this module's Outcome
     """Re-run dead letters ``ids`` (``None``: every open one), oldest first, through
     ``apply_batch``'s path; raises ``DeadLetterNotFound`` (before replaying any) for
     unknown ids and ``NotAnOrderMessage`` for other consumers' dead letters (``None``
@@ -505,6 +507,7 @@ def replay_dead_letters(engine: Engine, ids: Sequence[int] | None = None, *,
                                                row.key) for row in rows])
             _write_orders(conn, run, now)
             _record_replays(conn, rows, run.outcomes, now)
+            pushes.emit_status_changes(conn, run.outcomes)  # as order sync does
         results.extend(ReplayResult(row.id, outcome)
                        for row, outcome in zip(rows, run.outcomes, strict=True))
         after_id = rows[-1].id

@@ -103,3 +103,18 @@ def test_unattributed_or_unsubscribed_orders_write_nothing(db: Engine) -> None:
     _decide(db, "o-2", AttributionType.CPS)
     store_batch(db, [_order("o-2", "received", T0 + 1, received_at=T0 + 1)])
     assert _types(db) == []
+
+
+def test_a_replayed_dead_letter_pushes_the_status_it_applies(db: Engine) -> None:
+    from attribution_worker.order_store import replay_dead_letters
+
+    add_endpoint(db, "p-1", "http://127.0.0.1:9/x")
+    store_batch(db, [_order("o-1", "paid", T0)])
+    _decide(db, "o-1", AttributionType.CPS)
+    store_batch(db, [_order("o-1", "received", T0 + 5, received_at=T0 + 5,
+                            channel_id="unknown")])
+    assert _types(db) == ["order.created", "order.paid"]  # dead-lettered: unknown channel
+    with db.begin() as conn:
+        master_data.add_channel(conn, "unknown", now_ms=T0)
+    replay_dead_letters(db)
+    assert sorted(_types(db)) == ["order.created", "order.paid", "order.received"]
