@@ -39,12 +39,12 @@ the pool's change.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final, Literal, Protocol
 
+from billing_batch.ledger import participant_account
 from billing_batch.money import (
     BP_PER_UNIT,
     apply_bp,
@@ -113,6 +113,10 @@ class FrozenTerms:
     platform_share_rule_id: str | None = None  # None: no setting, the bp is 0
     channel_fee_rule_id: str | None = None
     fans_share_rule_id: str | None = None
+    # Not a term: allocate_line's pools under these terms, set on first use (_plans), so
+    # a line's allocation neither rebuilds nor looks them up.  replace() starts it afresh.
+    _pool_plans: tuple[_PoolPlan, ...] | None = field(default=None, init=False, repr=False,
+                                                      compare=False)
 
     def __post_init__(self) -> None:
         owner = "frozen_terms"
@@ -169,7 +173,8 @@ def freeze_terms(decision: Decision, key: LineKey, *, rates: RateBook,
     CPS (promoter and channel): ``rates.lookup(key)`` and the channel's fees at
     ``key.paid_at_ms``; ``key.promoter_id`` must be the decision's promoter.
     Self-operated (channel): ``channel_rates.lookup(channel, key.category_id,
-    key.paid_at_ms)``.  A ``none`` decision has nothing to freeze: ValueError.
+    key.paid_at_ms)``.  A ``none`` decision has nothing to freeze: ValueError.  Equal
+    terms are one shared (immutable) object: built and checked once, not per line.
     """
     kind = coerce_enum("freeze_terms.decision", "attribution_type", AttributionType,
                        decision.attribution_type)
@@ -183,8 +188,13 @@ def freeze_terms(decision: Decision, key: LineKey, *, rates: RateBook,
         rate = channel_rates.lookup(channel_id, key.category_id, key.paid_at_ms)
         if rate is None:
             return None
-        return FrozenTerms(mode=Mode.SELF_OPERATED, rule_id=rate.rule_id, level=CHANNEL_LEVEL,
-                           rate_bp=rate.rate_bp, channel_id=channel_id)
+        self_key: _TermsKey = (rate.rule_id, rate.rate_bp, channel_id)
+        terms = _SHARED_TERMS.get(self_key)
+        if terms is None:
+            terms = _share(self_key, FrozenTerms(
+                mode=Mode.SELF_OPERATED, rule_id=rate.rule_id, level=CHANNEL_LEVEL,
+                rate_bp=rate.rate_bp, channel_id=channel_id))
+        return terms
     check_id("freeze_terms.decision", "promoter_id", decision.promoter_id)
     if key.promoter_id != decision.promoter_id:
         raise ValueError(f"freeze_terms.key: promoter_id {key.promoter_id!r} is not the "
@@ -193,14 +203,39 @@ def freeze_terms(decision: Decision, key: LineKey, *, rates: RateBook,
     if choice is None:
         return None
     fee = fees.lookup(channel_id, key.paid_at_ms)
-    return FrozenTerms(
-        mode=Mode.CPS, rule_id=choice.rule_id, level=choice.level, rate_bp=choice.rate_bp,
-        leader_id=choice.leader_id, leader_rate_bp=choice.leader_rate_bp,
-        activity_id=choice.activity_id, platform_share_bp=fee.platform_share_bp,
-        channel_fee_bp=fee.channel_fee_bp, fans_share_bp=fee.fans_share_bp,
-        promoter_id=decision.promoter_id, channel_id=channel_id,
-        platform_share_rule_id=fee.platform_share_rule_id,
-        channel_fee_rule_id=fee.channel_fee_rule_id, fans_share_rule_id=fee.fans_share_rule_id)
+    cps_key: _TermsKey = (
+        choice.rule_id, choice.level, choice.rate_bp, choice.leader_id, choice.leader_rate_bp,
+        choice.activity_id, fee.platform_share_bp, fee.channel_fee_bp, fee.fans_share_bp,
+        decision.promoter_id, channel_id, fee.platform_share_rule_id, fee.channel_fee_rule_id,
+        fee.fans_share_rule_id)
+    terms = _SHARED_TERMS.get(cps_key)
+    if terms is None:
+        terms = _share(cps_key, FrozenTerms(
+            mode=Mode.CPS, rule_id=choice.rule_id, level=choice.level, rate_bp=choice.rate_bp,
+            leader_id=choice.leader_id, leader_rate_bp=choice.leader_rate_bp,
+            activity_id=choice.activity_id, platform_share_bp=fee.platform_share_bp,
+            channel_fee_bp=fee.channel_fee_bp, fans_share_bp=fee.fans_share_bp,
+            promoter_id=decision.promoter_id, channel_id=channel_id,
+            platform_share_rule_id=fee.platform_share_rule_id,
+            channel_fee_rule_id=fee.channel_fee_rule_id,
+            fans_share_rule_id=fee.fans_share_rule_id))
+    return terms
+
+
+# Lines share few distinct terms (rule, fees, promoter, channel): freeze_terms builds and
+# checks each once and hands out the same immutable object (whose pool plans are then
+# built once, too).  Keyed by every value the terms are made of (a self-operated key has
+# 3 of them, a cps key 14), so equal keys are equal terms.
+_TermsKey = tuple[object, ...]
+_SHARED_TERMS: dict[_TermsKey, FrozenTerms] = {}
+_SHARED_TERMS_MAX = 100_000
+
+
+def _share(key: _TermsKey, terms: FrozenTerms) -> FrozenTerms:
+    if len(_SHARED_TERMS) >= _SHARED_TERMS_MAX:
+        _SHARED_TERMS.clear()
+    _SHARED_TERMS[key] = terms
+    return terms
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +256,19 @@ class Allocation:
                              f"{self.amount_minor!r}")
 
 
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _allocation(pool: PoolKind, participant: Participant, amount_minor: int) -> Allocation:
+    """An ``Allocation`` of values already checked (a plan's pool and participants)."""
+    allocation: Allocation = _new(Allocation)
+    _set(allocation, "pool", pool)
+    _set(allocation, "participant", participant)
+    _set(allocation, "amount_minor", amount_minor)
+    return allocation
+
+
 def effective_paid(paid_minor: int, refunded_minor: int) -> int:
     """The paid amount left after refunds: ``paid - refunded``, refunds within ``0..paid``."""
     check_int("effective_paid", "paid_minor", paid_minor)
@@ -237,26 +285,58 @@ class _PoolPlan:
     rate_bp: int  # the pool is apply_bp(paid, rate_bp)
     claims: tuple[Claim, ...]  # in serving order
     residual: Participant
+    # The same, for account_shares: per claim (its participant's account, a bp of the
+    # pool rather than of the paid amount, bp), and the residual's account.
+    account_claims: tuple[tuple[str, bool, int], ...]
+    residual_account: str
 
 
-@functools.lru_cache(maxsize=4096)
+def _pool_plan(kind: PoolKind, rate_bp: int, claims: tuple[Claim, ...],
+               residual: Participant) -> _PoolPlan:
+    return _PoolPlan(kind, rate_bp, claims, residual,
+                     tuple((participant_account(c.participant), c.basis is Basis.POOL_SHARE, c.bp)
+                           for c in claims), participant_account(residual))
+
+
+# Plans by what they depend on, shared by equal terms (the batch freezes new terms per line).
+_PlanKey = tuple[Mode, int, str, str | None, int, int, int, str | None, int | None]
+_SHARED_PLANS: dict[_PlanKey, tuple[_PoolPlan, ...]] = {}
+_SHARED_PLANS_MAX = 4096
+
+
 def _plans(terms: FrozenTerms) -> tuple[_PoolPlan, ...]:
-    """The pools of a line under ``terms``: built once per distinct terms, not per line."""
+    """The pools of a line under ``terms``: kept on the terms after their first line, built
+    once per distinct terms."""
+    plans = terms._pool_plans
+    if plans is None:
+        key: _PlanKey = (terms.mode, terms.rate_bp, terms.channel_id, terms.promoter_id,
+                         terms.platform_share_bp, terms.channel_fee_bp, terms.fans_share_bp,
+                         terms.leader_id, terms.leader_rate_bp)
+        plans = _SHARED_PLANS.get(key)
+        if plans is None:
+            if len(_SHARED_PLANS) >= _SHARED_PLANS_MAX:
+                _SHARED_PLANS.clear()
+            plans = _SHARED_PLANS[key] = _build_plans(terms)
+        _set(terms, "_pool_plans", plans)
+    return plans
+
+
+def _build_plans(terms: FrozenTerms) -> tuple[_PoolPlan, ...]:
     channel = Participant(ParticipantKind.CHANNEL, terms.channel_id)
     if terms.mode is Mode.SELF_OPERATED:
-        return (_PoolPlan(PoolKind.SELF_OPERATED, terms.rate_bp, (), channel),)
+        return (_pool_plan(PoolKind.SELF_OPERATED, terms.rate_bp, (), channel),)
     assert terms.promoter_id is not None
     platform = Claim(PLATFORM, Basis.POOL_SHARE, terms.platform_share_bp, 1)
     product = (platform, Claim(channel, Basis.PAID_FEE, terms.channel_fee_bp, 2),
                Claim(Participant(ParticipantKind.FANS, terms.channel_id), Basis.POOL_SHARE,
                      terms.fans_share_bp, 3))
     promoter = Participant(ParticipantKind.PROMOTER, terms.promoter_id)
-    plans = [_PoolPlan(PoolKind.PRODUCT, terms.rate_bp, serving_order(product, promoter),
-                       promoter)]
+    plans = [_pool_plan(PoolKind.PRODUCT, terms.rate_bp, serving_order(product, promoter),
+                        promoter)]
     if terms.leader_id is not None and terms.leader_rate_bp is not None:
         leader = Participant(ParticipantKind.GROUP_LEADER, terms.leader_id)
-        plans.append(_PoolPlan(PoolKind.GROUP_LEADER, terms.leader_rate_bp,
-                               serving_order((platform,), leader), leader))
+        plans.append(_pool_plan(PoolKind.GROUP_LEADER, terms.leader_rate_bp,
+                                serving_order((platform,), leader), leader))
     return tuple(plans)
 
 
@@ -266,9 +346,31 @@ def allocate_line(terms: FrozenTerms, effective_paid_minor: int) -> tuple[Alloca
         raise ValueError(f"allocate_line.terms: must be FrozenTerms, got {terms!r}")
     check_int("allocate_line", "effective_paid_minor", effective_paid_minor)
     paid = effective_paid_minor
-    return tuple(Allocation(plan.kind, participant, amount) for plan in _plans(terms)
+    return tuple(_allocation(plan.kind, participant, amount) for plan in _plans(terms)
                  for participant, amount in split(apply_bp(paid, plan.rate_bp), paid,
                                                   plan.claims, plan.residual))
+
+
+def account_shares(terms: FrozenTerms, effective_paid_minor: int) -> dict[str, int]:
+    """``allocate_line``'s amounts summed per participant account (``ledger.
+    participant_account``; the platform's of two pools is one share), in the order the
+    accounts first appear there, zero amounts included: what a line's ledger pends,
+    without building an ``Allocation`` per share."""
+    if not isinstance(terms, FrozenTerms):
+        raise ValueError(f"account_shares.terms: must be FrozenTerms, got {terms!r}")
+    check_int("account_shares", "effective_paid_minor", effective_paid_minor)
+    paid = effective_paid_minor
+    shares: dict[str, int] = {}
+    for plan in _plans(terms):
+        # pools.split over the plan's accounts: each claim takes min(its amount, the rest).
+        pool = left = apply_bp(paid, plan.rate_bp)
+        for account, of_pool, bp in plan.account_claims:
+            take = min(apply_bp(pool if of_pool else paid, bp), left)
+            shares[account] = shares.get(account, 0) + take
+            left -= take
+        account = plan.residual_account
+        shares[account] = shares.get(account, 0) + left
+    return shares
 
 
 def line_delta(old: Sequence[Allocation], new: Sequence[Allocation]) -> tuple[Allocation, ...]:

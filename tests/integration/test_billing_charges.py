@@ -93,6 +93,25 @@ def test_requests_are_written_with_their_outbox_messages_once(ledger_engine: Eng
     assert (charge.charge_id, charge.amount_minor, charge.attempts) == ("o1:1", 2000, 1)
 
 
+def test_a_large_batch_is_requested_whole_and_only_the_new_orders(
+        ledger_engine: Engine) -> None:
+    # PostgreSQL: one JSON parameter for the batch, whatever its size (not 9 per row).
+    with ledger_engine.begin() as conn:
+        assert request_charges(conn, [first(f"o{n:04d}", n) for n in range(0, 3000, 2)]) == 1500
+    batch = [first(f"o{n:04d}", n + 1) for n in range(3000)] + [first("o0001", 7)]
+    with ledger_engine.begin() as conn:
+        assert request_charges(conn, batch) == 1500
+    requests = outbox_requests(ledger_engine)
+    assert requests[:1500] == [first(f"o{n:04d}", n) for n in range(0, 3000, 2)]
+    assert requests[1500:] == [first(f"o{n:04d}", n + 1) for n in range(1, 3000, 2)]
+    with ledger_engine.connect() as conn:
+        charges = load_charges(conn, [f"o{n:04d}" for n in range(3000)])
+    assert len(charges) == 3000
+    assert charges["o0001"] == Charge("o0001", "o0001:1", "s1", 2, ChargeState.PENDING, 1, None,
+                                      T0, T0)
+    assert charges["o2998"].amount_minor == 2998  # requested first: the later ask is skipped
+
+
 def test_a_rolled_back_payment_requests_nothing(ledger_engine: Engine) -> None:
     with ledger_engine.connect() as conn, conn.begin() as transaction:
         request_charges(conn, [first("o1")])

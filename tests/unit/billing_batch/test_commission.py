@@ -14,11 +14,13 @@ from billing_batch.commission import (
     Allocation,
     FrozenTerms,
     Mode,
+    account_shares,
     allocate_line,
     effective_paid,
     freeze_terms,
     line_delta,
 )
+from billing_batch.ledger import participant_account
 from billing_batch.money import apply_bp
 from billing_batch.pools import PLATFORM, Participant, ParticipantKind, PoolKind
 from billing_batch.rates import (
@@ -358,3 +360,82 @@ def test_refunds_never_increase_the_pool(terms: FrozenTerms, paid: int,
     assert all(a.amount_minor == 0 for a in full)
     assert sum(d.amount_minor for d in line_delta(allocate_line(terms, paid), full)) == -sum(
         a.amount_minor for a in allocate_line(terms, paid))
+
+
+# ---------------------------------------------------------------- the batch's fast paths
+
+
+def summed_by_account(allocations: tuple[Allocation, ...]) -> dict[str, int]:
+    shares: dict[str, int] = {}
+    for a in allocations:
+        account = participant_account(a.participant)
+        shares[account] = shares.get(account, 0) + a.amount_minor
+    return shares
+
+
+@given(frozen_terms(), st.integers(min_value=0, max_value=10**9))
+def test_account_shares_are_allocate_line_summed_per_account(terms: FrozenTerms,
+                                                             paid: int) -> None:
+    shares = account_shares(terms, paid)
+    expected = summed_by_account(allocate_line(terms, paid))
+    assert list(shares.items()) == list(expected.items())  # same order, zeros included
+
+
+def test_account_shares_of_a_group_leader_line() -> None:
+    terms = freeze(product_id="pr2", activity_ids=frozenset({"a1"}))
+    assert account_shares(terms, 10000) == {"platform": 150 + 30, "channel:ch1": 500,
+                                            "fans:ch1": 0, "promoter:p1": 850,
+                                            "group_leader:lead": 270}
+    with pytest.raises(ValueError, match="effective_paid_minor"):
+        account_shares(terms, -1)
+    with pytest.raises(ValueError, match="must be FrozenTerms"):
+        account_shares(CPS_TERMS, 1)  # type: ignore[arg-type]
+
+
+def test_allocations_are_ordinary_allocations() -> None:
+    # Built without re-running Allocation's checks, they are still equal, hashable values.
+    for allocation in allocate_line(freeze(product_id="pr2", activity_ids=frozenset({"a1"})),
+                                    10000):
+        checked = Allocation(allocation.pool, allocation.participant, allocation.amount_minor)
+        assert allocation == checked
+        assert hash(allocation) == hash(checked)
+        assert type(allocation.pool) is PoolKind
+        assert type(allocation.amount_minor) is int
+
+
+def test_pool_plans_are_kept_on_the_terms_and_are_not_a_term() -> None:
+    terms = freeze()
+    twin = FrozenTerms(**{name: getattr(terms, name) for name in (
+        "mode", "rule_id", "level", "rate_bp", "platform_share_bp", "channel_fee_bp",
+        "fans_share_bp", "promoter_id", "channel_id", "platform_share_rule_id",
+        "channel_fee_rule_id")})
+    assert terms is not twin
+    allocate_line(terms, 10000)
+    assert terms == twin
+    assert hash(terms) == hash(twin)
+    assert "_pool_plans" not in repr(terms)
+    assert allocate_line(terms, 10000) == allocate_line(twin, 10000)
+    # replace() never carries the plans of other terms along
+    cheaper = replace(terms, channel_fee_bp=2000)
+    assert [a.amount_minor for a in allocate_line(cheaper, 10000)] == [200, 1800, 0, 0]
+    assert [a.amount_minor for a in allocate_line(terms, 10000)] == [200, 500, 0, 1300]
+    assert account_shares(replace(terms, promoter_id="p2"), 10000)["promoter:p2"] == 1300
+
+
+def test_equal_frozen_terms_are_one_shared_object() -> None:
+    # Lines of the same rule, fees, promoter and channel share their (immutable) terms.
+    assert freeze() is freeze()
+    assert freeze(AttributionType.SELF_OPERATED) is freeze(AttributionType.SELF_OPERATED)
+    leader = freeze(product_id="pr2", activity_ids=frozenset({"a1"}))
+    assert leader is freeze(product_id="pr2", activity_ids=frozenset({"a1"}))
+    assert len({id(freeze()), id(leader), id(freeze(AttributionType.SELF_OPERATED)),
+                id(freeze(AttributionType.SELF_OPERATED, category_id="c9"))}) == 4
+    other = freeze_terms(decision(AttributionType.CPS, promoter_id="p2"),
+                         key(promoter_id="p2"), rates=RATES, channel_rates=CHANNEL_RATES,
+                         fees=FEES)
+    assert other is not None
+    assert (other.promoter_id, freeze().promoter_id) == ("p2", "p1")
+    no_fees = freeze_terms(decision(AttributionType.CPS), key(), rates=RATES,
+                           channel_rates=CHANNEL_RATES, fees=FeeBook([]))
+    assert no_fees is not None
+    assert (no_fees.platform_share_bp, freeze().platform_share_bp) == (0, 1000)

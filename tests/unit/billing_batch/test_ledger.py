@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import random
 import uuid
 
@@ -69,6 +70,32 @@ def test_every_part_of_the_key_changes_the_id() -> None:
     assert payout_transfer_id("r1", PROMOTER) != payout_transfer_id("r1", CHANNEL)
 
 
+@given(st.text(max_size=40), st.text(max_size=12), st.text(max_size=20),
+       st.sampled_from(Code), st.integers(0, 10**6))
+def test_ids_are_exactly_uuid5(order_id: str, item_id: str, account_id: str, code: Code,
+                               seq: int) -> None:
+    # Computed without uuid.uuid5, the ids are still its values, versions and variants.
+    made = transfer_id(order_id, item_id, account_id, code, seq)
+    expected = uuid.uuid5(TRANSFER_NAMESPACE, f"{order_id}/{item_id}/{account_id}/"
+                                              f"{code.value}/{seq}")
+    assert made == expected
+    assert (made.version, made.variant, str(made), made.bytes) == (
+        5, uuid.RFC_4122, str(expected), expected.bytes)
+    assert hash(made) == hash(expected)
+    assert payout_transfer_id(order_id, account_id) == uuid.uuid5(
+        TRANSFER_NAMESPACE, f"payout/{order_id}/{account_id}")
+
+
+def test_fast_ids_behave_like_uuids() -> None:
+    made = transfer_id("O1", "I1", PROMOTER, Code.COMMISSION, 1)
+    assert type(made) is uuid.UUID
+    assert pickle.loads(pickle.dumps(made)) == made  # noqa: S301 (our own bytes)
+    assert uuid.UUID(str(made)) == made
+    assert made.is_safe is uuid.SafeUUID.unknown
+    with pytest.raises(TypeError):
+        made.int = 0  # type: ignore[misc]
+
+
 @given(st.lists(st.tuples(st.text(min_size=1, max_size=6), st.text(min_size=1, max_size=6),
                           st.sampled_from([PROMOTER, CHANNEL, FROZEN]), st.sampled_from(Code),
                           st.integers(0, 5)), unique=True, max_size=30))
@@ -112,6 +139,22 @@ def test_transfer_validation(changes: dict[str, object], message: str) -> None:
     Transfer(**fields)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=message):
         Transfer(**{**fields, **changes})  # type: ignore[arg-type]
+
+
+def test_trusted_transfers_equal_checked_ones() -> None:
+    transfer = line_transfer("O1", "I1", debit=FROZEN, credit=PROMOTER, amount_minor=1300,
+                             flags=Flags.PENDING, code=Code.COMMISSION, seq=1,
+                             key_account=PROMOTER)
+    checked = Transfer(transfer_id("O1", "I1", PROMOTER, Code.COMMISSION, 1), FROZEN, PROMOTER,
+                       1300, Flags.PENDING, Code.COMMISSION, "O1", "I1", 1)
+    assert transfer == checked
+    assert hash(transfer) == hash(checked)
+    assert repr(transfer) == repr(checked)
+    assert Transfer.trusted(*(getattr(checked, name) for name in checked.__dataclass_fields__)
+                            ) == checked
+    # trusted means unchecked: only for transfers right by construction
+    assert Transfer.trusted(uuid.uuid4(), FROZEN, FROZEN, 0, Flags.POST, Code.SETTLE, None,
+                            None, 1).amount_minor == 0
 
 
 def test_a_post_names_its_pending() -> None:
