@@ -171,11 +171,12 @@ def plan_order(order: OrderFacts, lines: Mapping[str, CommissionLine],
             if line.ledger_state == "open":
                 current[item.item_id] = (line, None)
             continue
-        if line.ledger_state == "none":
+        refunded = line.status == "accrued" and item.effective_paid < line.accrued_paid_amount
+        if line.ledger_state == "none" and not refunded:
             continue
         ledger = ledgers.get(item.item_id) or (
             open_ledger(line) if line.ledger_state == "open" else LineLedger())
-        if line.status == "accrued" and item.effective_paid < line.accrued_paid_amount:
+        if refunded:
             changed, transfers = reallocate_line(line, ledger, item.effective_paid)
             ledger = ledger.copy()
             for transfer in transfers:

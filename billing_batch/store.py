@@ -106,14 +106,15 @@ def in_scope(as_of_ms: int) -> tuple[ColumnElement[bool], ...]:
 
 
 def refunded_settled_orders(conn: Connection, as_of_ms: int) -> list[str]:
-    """Orders whose lines were all settled and that a refund has reached since: one join
-    of the settled lines with their items per run (not per batch), usually few rows."""
+    """Orders whose lines were all settled (or left without money by an earlier refund)
+    and that a refund has reached since: one join of those lines with their items per run
+    (not per batch), usually few rows."""
     orders, lines, items = schema.orders, schema.commission_lines, schema.order_items
     query = (select(lines.c.order_id).distinct()
              .join(items, and_(items.c.order_id == lines.c.order_id,
                                items.c.item_id == lines.c.item_id))
              .join(orders, orders.c.order_id == lines.c.order_id)
-             .where(lines.c.status == "accrued", lines.c.ledger_state == "settled",
+             .where(lines.c.status == "accrued", lines.c.ledger_state.in_(("settled", "none")),
                     items.c.paid_amount - items.c.refunded_amount < lines.c.accrued_paid_amount,
                     orders.c.paid_at < as_of_ms)
              .order_by(lines.c.order_id))
