@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from billing_batch.commission import FrozenTerms, allocate_line
+from billing_batch.commission import FrozenTerms, account_shares
 from billing_batch.ledger import (
     Code,
     Flags,
@@ -46,7 +46,6 @@ from billing_batch.ledger import (
     frozen_account,
     line_transfer,
     merchant_account,
-    participant_account,
     transfer_id,
 )
 from billing_batch.pools import ParticipantKind
@@ -290,11 +289,7 @@ def _no_commission(order: OrderFacts, item: ItemFacts, mode: str, reason: str) -
 
 def shares_of(terms: FrozenTerms, effective_paid_minor: int) -> dict[str, int]:
     """Each participant account's share of a line (a participant in two pools: the sum)."""
-    shares: dict[str, int] = {}
-    for allocation in allocate_line(terms, effective_paid_minor):
-        account = participant_account(allocation.participant)
-        shares[account] = shares.get(account, 0) + allocation.amount_minor
-    return shares
+    return account_shares(terms, effective_paid_minor)
 
 
 def reallocate_line(line: CommissionLine, ledger: LineLedger,
