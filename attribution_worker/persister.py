@@ -175,22 +175,37 @@ def decode_records(values: Iterable[tuple[bytes | None, str, int]]) -> Decoded:
     ``place@position`` (topic/partition@offset, stream/entry@line) goes into a
     bad record's reason; it is formatted only then, not for every record.
     """
+    triples = list(values)
     out = Decoded()
+    decode_values(out, [raw for raw, _, _ in triples],
+                  lambda i: f"{triples[i][1]}@{triples[i][2]}")
+    return out
+
+
+def decode_values(out: Decoded, values: Sequence[bytes | None],
+                  where: Callable[[int], str]) -> None:
+    """Sort ``values`` into ``out``; ``where(i)`` names the i-th for a bad record's reason.
+
+    The persister's inner loop: values as the caller holds them (a Kafka batch's
+    record values), no tuple or place string per record.
+    """
     clicks = out.clicks
-    for raw, place, position in values:
+    bad = out.bad
+    skipped = 0
+    for i, raw in enumerate(values):
         if raw is None:
-            out.bad.append((b"", f"record has no value ({place}@{position})"))
+            bad.append((b"", f"record has no value ({where(i)})"))
             continue
         try:
             click = decode_click(raw)
         except (SchemaError, NotStorable) as err:
-            out.bad.append((raw, f"{err} ({place}@{position})"))
+            bad.append((raw, f"{err} ({where(i)})"))
             continue
         if click is None:
-            out.skipped += 1
+            skipped += 1
         else:
             clicks.append(click)
-    return out
+    out.skipped += skipped
 
 
 class _Stopping(Exception):
@@ -313,11 +328,11 @@ class ClickPersister:
 
     def _decode_kafka(self, batch: dict[TopicPartition, list[Any]]) -> Decoded:
         topic = self.config.topic
-        values: list[tuple[bytes | None, str, int]] = []
+        out = Decoded()
         for tp, records in batch.items():
-            place = f"{topic}/{tp.partition}"
-            values.extend((record.value, place, record.offset) for record in records)
-        return decode_records(values)
+            decode_values(out, [record.value for record in records],
+                          partial(_kafka_place, topic, tp.partition, records))
+        return out
 
     async def _store_and_commit(self, consumer: AIOKafkaConsumer,
                                 batch: dict[TopicPartition, list[Any]], decoded: Decoded,
@@ -426,6 +441,10 @@ class ClickPersister:
         await client.eval(_ADVANCE_CURSOR, 1, cfg.fallback_cursor_key, entries[-1][0])
         n_records = len(decoded.clicks) + decoded.skipped + len(decoded.bad)
         self.metrics.batch(cfg.fallback_stream, n_records, time.perf_counter() - started)
+
+
+def _kafka_place(topic: str, partition: int, records: Sequence[Any], i: int) -> str:
+    return f"{topic}/{partition}@{records[i].offset}"
 
 
 def _decode_entries(stream: str, entries: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> Decoded:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import copy
+import pickle
+from dataclasses import FrozenInstanceError, fields, replace
 
 import pytest
 from hypothesis import given, settings
@@ -50,6 +52,27 @@ def event(**overrides: object) -> ClickEvent:
 
 
 # -- StoredClick ------------------------------------------------------------------
+
+
+def test_a_stored_click_is_a_frozen_dataclass_however_it_is_made() -> None:
+    c = stored()
+    assert type(c) is StoredClick
+    assert [f.name for f in fields(c)] == list(StoredClick.__slots__)
+    with pytest.raises(FrozenInstanceError):
+        c.shop_id = None  # type: ignore[misc]
+    assert not hasattr(c, "__dict__")
+    positional = StoredClick(*(getattr(c, name) for name in StoredClick.__slots__))
+    unpickled = pickle.loads(pickle.dumps(c))  # noqa: S301 (our own bytes)
+    for twin in (positional, copy.copy(c), copy.deepcopy(c), unpickled, replace(c)):
+        assert type(twin) is StoredClick
+        assert twin == c
+        assert hash(twin) == hash(c)
+    assert replace(c, shop_id=None).sitewide
+    assert stored(shop_id="shop-2") != c
+    with pytest.raises(NotStorable, match="click_id"):
+        replace(c, click_id="c1")
+    with pytest.raises(TypeError):
+        StoredClick(c.click_id)  # type: ignore[call-arg]
 
 
 def test_from_event_keeps_what_attribution_needs() -> None:
