@@ -456,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _database_problem(err: SQLAlchemyError) -> str:
-    text = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+    text = ledger_db.database_problem(err)
     if "no such table" in text or ("relation" in text and "does not exist" in text):
         return f"{text} (run `{PROG} db upgrade` first)"
     return text

@@ -312,7 +312,7 @@ def _serve(args: argparse.Namespace) -> int:
                                 outbox_batch_max=settings.outbox_batch_max)
         return uvloop.run(service.run())
     except SQLAlchemyError as err:
-        print(f"{PROG} serve: database error: {_problem(err)}", file=sys.stderr)
+        print(f"{PROG} serve: database error: {ledger_db.database_problem(err)}", file=sys.stderr)
         return 1
     finally:
         engine.dispose()
@@ -373,14 +373,11 @@ def _with_ledger(args: argparse.Namespace, command: str,
         with engine.connect() as conn:
             return work(conn)
     except SQLAlchemyError as err:
-        print(f"{PROG} {command}: database error: {_problem(err)}", file=sys.stderr)
+        print(f"{PROG} {command}: database error: {ledger_db.database_problem(err)}",
+              file=sys.stderr)
         return 1
     finally:
         engine.dispose()
-
-
-def _problem(err: SQLAlchemyError) -> str:
-    return str(getattr(err, "orig", None) or err).strip().splitlines()[0]
 
 
 def _iso(at_ms: int) -> str:

@@ -346,7 +346,7 @@ def _handler(command: Command) -> Handler:
             print(f"{PROG}: {_printable(str(err))}", file=sys.stderr)
             return 2
         except SQLAlchemyError as err:
-            problem = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+            problem = ledger_db.database_problem(err)
             print(f"{PROG}: database error: {problem}", file=sys.stderr)
             return 1
         finally:

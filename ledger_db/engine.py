@@ -59,6 +59,11 @@ class LedgerSettings(BaseSettings):
         return value
 
 
+def database_problem(err: Exception) -> str:
+    """The first line of what the database driver said (for one-line CLI errors)."""
+    return str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+
+
 def database_url() -> str:
     """``CPS_DATABASE_URL`` or the default; raises ``contracts.settings.ConfigError``."""
     return load_settings(LedgerSettings).database_url

@@ -127,7 +127,7 @@ def _serve(args: argparse.Namespace) -> int:
                             endpoints.SecretSealer(settings.push_secret_keys), settings)
         return uvloop.run(worker.serve())
     except SQLAlchemyError as err:
-        print(f"{PROG} serve: database error: {_problem(err)}", file=sys.stderr)
+        print(f"{PROG} serve: database error: {ledger_db.database_problem(err)}", file=sys.stderr)
         return 1
     finally:
         engine.dispose()
@@ -268,14 +268,11 @@ def _with_ledger(args: argparse.Namespace, command: str,
         print(f"{PROG} {command}: {err}", file=sys.stderr)
         return 2
     except SQLAlchemyError as err:
-        print(f"{PROG} {command}: database error: {_problem(err)}", file=sys.stderr)
+        print(f"{PROG} {command}: database error: {ledger_db.database_problem(err)}",
+              file=sys.stderr)
         return 1
     finally:
         engine.dispose()
-
-
-def _problem(err: SQLAlchemyError) -> str:
-    return str(getattr(err, "orig", None) or err).strip().splitlines()[0]
 
 
 def _iso(at_ms: int) -> str:
